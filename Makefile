@@ -1,0 +1,54 @@
+# Everything ftviz needs, from a fresh clone: `make animate` and `make test`.
+# torch==2.13.0 is installed first so that no other requirement pulls a multi-GB CUDA build;
+# on a GPU machine install the CUDA build of torch into .venv first and this keeps it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN    ?= runs/vit-digits
+RUNS   ?= runs/vit-digits runs/swin-digits runs/ddpm-digits
+
+.PHONY: install animate test test-fast spotlight compare bench browser clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[hub,diffusion,spotlight,export,test]"
+	touch $@
+
+# Debian's Chromium for the browser tests (a browser's download of itself fails offline).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	  else echo "browser tests need Chromium at /usr/bin/chromium"; fi; \
+	fi
+
+animate: $(STAMP)
+	$(BIN)/ftviz run experiments/default.toml --force
+
+test: $(STAMP) browser
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+spotlight: $(STAMP)
+	$(BIN)/ftviz spotlight $(RUN)
+
+compare: $(STAMP)
+	$(BIN)/ftviz run experiments/default.toml --force
+	$(BIN)/ftviz run experiments/swin_digits.toml --force
+	$(BIN)/ftviz run experiments/ddpm_digits.toml --force
+	$(BIN)/ftviz compare $(RUNS) --out runs/compare
+
+bench: $(STAMP)
+	$(BIN)/python experiments/bench_pipeline.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,196 @@
+"""Experiment configuration: typed dataclasses, TOML files and strict ``--set key=value``.
+
+Unknown keys are errors (a typo must not silently run the default). The whole config is
+saved into ``run.json`` so a run always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftviz.errors import FtvizError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # digits | cifar10 | imagefolder | synthetic
+    path: str = ""  # local folder for cifar10 (cifar-10-batches-py) or imagefolder
+    noise_rate: float = 0.1  # fraction of labels flipped to another class, recorded
+    probe: str = "train"  # which split the probe set is drawn from: train | test
+    probe_size: int = 0  # 0 = the whole split, else a stratified subset of this many
+    train_size: int = 0  # 0 = the whole train split, else a stratified subset
+    test_fraction: float = 0.2  # for datasets without an official split (digits, imagefolder)
+    image_size: int = 32  # digits and synthetic are rendered at this size
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny"
+    pretrained: str = ""  # hub id or local directory; "" = the registry default
+    # Architecture overrides for the registry function (e.g. {hidden_size = 64}).
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    batch_size: int = 32
+    grad_accum: int = 1  # effective batch = batch_size * grad_accum
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.1
+    snapshot_every: int = 5  # optimizer steps between probe snapshots (step 0 always)
+    eval_batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
+    embed_precision: str = "auto"  # auto | fp32 | bf16, for the probe snapshots
+    save_weights: str = "latest"  # latest | none | all (every snapshot, large)
+    max_steps: int = 0  # 0 = from epochs
+
+
+@dataclass
+class ScoreConfig:
+    k: int = 10  # neighbours for the outlier score
+    top: int = 8  # outliers shown per frame
+
+
+@dataclass
+class ProjectConfig:
+    basis: str = "per_frame"  # per_frame (the article) | shared (one PCA of all frames)
+    reference: str = "previous"  # Procrustes reference, see ftviz.align.align_sequence
+    knn: int = 10  # neighbours for the neighbourhood-preservation diagnostic
+    knn_sample: int = 2000  # points used for that diagnostic per frame
+
+
+@dataclass
+class RenderConfig:
+    color_by: str = "label"
+    point_size: float = 5.0
+    frame_ms: int = 400
+    thumbnails: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "vit-digits"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert ``value`` to the type of the field's default, or explain why not."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise FtvizError(f"config key {key} wants true or false, got {value!r}")
+    if isinstance(current, dict):
+        if isinstance(value, dict):
+            return value
+        raise FtvizError(f"config key {key} wants a table, got {value!r}")
+    for kind in (int, float, str):
+        if isinstance(current, kind):
+            if isinstance(value, str) and kind is not str:
+                try:
+                    return kind(value)
+                except ValueError:
+                    raise FtvizError(f"config key {key} wants {kind.__name__}, got {value!r}") from None
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return value
+            raise FtvizError(f"config key {key} wants {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(target: Any, values: dict, prefix: str) -> None:
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise FtvizError(
+                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise FtvizError(f"config key {dotted!r} is a section; use [{dotted}] or {dotted}.KEY")
+            _apply(current, value, f"{dotted}.")
+        else:
+            setattr(target, key, _coerce(value, current, dotted))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=1"`` -> (["train", "epochs"], "1"); TOML syntax is accepted for values."""
+    if "=" not in text:
+        raise FtvizError(f"--set wants KEY=VALUE (e.g. train.epochs=1), got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as vit_tiny
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment TOML (or the defaults) and apply ``--set`` overrides, strictly."""
+    config = ExperimentConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FtvizError(f"no experiment file at {path}; see experiments/ for examples")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise FtvizError(f"{path} is not valid TOML: {error}") from None
+        _apply(config, values, "")
+        if "name" not in values:
+            config.name = path.stem
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        _apply(config, nested, "")
+    validate(config)
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Range checks that TOML types cannot express."""
+    checks = [
+        (0.0 <= config.data.noise_rate < 1.0, "data.noise_rate must be in [0, 1)"),
+        (config.data.probe in ("train", "test"), "data.probe must be 'train' or 'test'"),
+        (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
+        (config.train.batch_size > 0, "train.batch_size must be > 0"),
+        (config.train.grad_accum > 0, "train.grad_accum must be > 0"),
+        (config.train.snapshot_every > 0, "train.snapshot_every must be > 0"),
+        (config.train.precision in ("auto", "fp32", "bf16"), "train.precision: auto, fp32 or bf16"),
+        (config.train.embed_precision in ("auto", "fp32", "bf16"), "train.embed_precision: auto, fp32 or bf16"),
+        (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
+        (config.project.basis in ("per_frame", "shared"), "project.basis: per_frame or shared"),
+        (config.score.k > 0, "score.k must be > 0"),
+        (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FtvizError(message)

@@ -1,0 +1,231 @@
+"""Datasets as uint8 image arrays with labels and class names, plus recorded label noise.
+
+Every source becomes an :class:`ImageSet` (images (N, H, W, 3) uint8, labels (N,) int64), so
+the stages never see where the data came from. :func:`load_splits` turns a ``[data]`` config
+into the training set and the fixed probe set, with injected noise recorded in both.
+
+Sources: ``digits`` (scikit-learn's handwritten digits, offline, the default), ``synthetic``
+(for tests), and the sources in :data:`RAW_LOADERS` (CIFAR-10 and image folders register
+themselves there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+
+
+@dataclass
+class ImageSet:
+    """images (N, H, W, 3) uint8; labels (N,) int64 in [0, len(class_names))."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices], self.class_names)
+
+
+@dataclass
+class Splits:
+    """What training needs: the train set and the probe set, each with given and true labels.
+
+    ``train.labels`` and ``probe.labels`` are the labels the model sees (noise injected);
+    ``*_true_labels`` are the originals, so detectors can be scored.
+    """
+
+    dataset: str
+    train: ImageSet
+    probe: ImageSet
+    train_true_labels: np.ndarray
+    probe_true_labels: np.ndarray
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.class_names)
+
+
+# name -> loader(path) returning {"train": ImageSet, "test": ImageSet | None}
+RawLoader = Callable[[str], dict]
+RAW_LOADERS: dict[str, RawLoader] = {}
+
+
+def register_source(name: str) -> Callable[[RawLoader], RawLoader]:
+    def decorator(loader: RawLoader) -> RawLoader:
+        RAW_LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of (N, H, W, C) uint8 images to (N, size, size, C) uint8."""
+    from PIL import Image
+
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+        resized = np.asarray(pil.resize((size, size), Image.BILINEAR))
+        out[i] = resized.reshape(size, size, -1)
+    return out
+
+
+def load_digits_images(image_size: int = 32) -> ImageSet:
+    """scikit-learn's 1,797 handwritten digits, 8x8 grey in [0, 16], as RGB uint8 images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)[..., None]
+    grey = resize_images(grey, image_size)
+    rgb = np.repeat(grey, 3, axis=-1)
+    return ImageSet(rgb, digits.target.astype(np.int64), [str(d) for d in range(10)])
+
+
+def make_synthetic(
+    n: int = 600, num_classes: int = 10, image_size: int = 32, *, seed: int = 0
+) -> ImageSet:
+    """Class templates (smooth random colour patterns) plus per-image noise: easy to learn."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(num_classes, 4, 4, 3)).astype(np.uint8)
+    templates = resize_images(coarse, image_size).astype(np.float32)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = templates[labels] + rng.normal(0, 25, size=(n, image_size, image_size, 3))
+    return ImageSet(
+        images.clip(0, 255).astype(np.uint8),
+        labels.astype(np.int64),
+        [f"class{c}" for c in range(num_classes)],
+    )
+
+
+def inject_label_noise(
+    labels: np.ndarray, rate: float, num_classes: int, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip exactly ``round(rate * N)`` labels, each to a uniformly chosen *other* class.
+
+    Returns (noisy labels (N,) int64, flipped mask (N,) bool).
+    """
+    rng = np.random.default_rng(seed)
+    noisy = labels.astype(np.int64).copy()
+    flipped = np.zeros(len(labels), dtype=bool)
+    count = int(round(rate * len(labels)))
+    if count == 0 or num_classes < 2:
+        return noisy, flipped
+    chosen = rng.choice(len(labels), size=count, replace=False)
+    shift = rng.integers(1, num_classes, size=count)  # 1..C-1 never lands on the same class
+    noisy[chosen] = (noisy[chosen] + shift) % num_classes
+    flipped[chosen] = True
+    return noisy, flipped
+
+
+def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified subset of size ``n`` (all when n <= 0 or n >= N)."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    try:
+        chosen, _ = train_test_split(
+            np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed
+        )
+    except ValueError:  # too few per class to stratify: fall back to a plain random subset
+        chosen = np.random.default_rng(seed).choice(len(labels), size=n, replace=False)
+    return np.sort(chosen)
+
+
+def check_image_set(images: ImageSet, what: str) -> None:
+    """Errors for data the pipeline cannot use: empty, one class, wrong shape or dtype."""
+    if len(images) == 0:
+        raise FtvizError(f"{what} is empty: point data.path at a folder with images")
+    if images.images.ndim != 4 or images.images.shape[-1] != 3 or images.images.dtype != np.uint8:
+        raise FtvizError(
+            f"{what} images must be (N, H, W, 3) uint8, got {images.images.shape} {images.images.dtype}"
+        )
+    if len(images.images) != len(images.labels):
+        raise FtvizError(f"{what}: {len(images.images)} images but {len(images.labels)} labels")
+    present = np.unique(images.labels)
+    if len(present) < 2:
+        raise FtvizError(f"{what} has only one class ({present.tolist()}): ftviz needs at least two")
+    if present.min() < 0 or present.max() >= len(images.class_names):
+        raise FtvizError(f"{what} has labels outside 0..{len(images.class_names) - 1}")
+
+
+def load_raw(config) -> dict:
+    """{"train": ImageSet, "test": ImageSet | None} for the configured source."""
+    name = config.dataset
+    if name == "digits":
+        return {"train": load_digits_images(config.image_size), "test": None}
+    if name == "synthetic":
+        size = config.train_size or 600
+        return {"train": make_synthetic(size, image_size=config.image_size), "test": None}
+    _load_optional_sources()
+    if name not in RAW_LOADERS:
+        known = ", ".join(sorted({"digits", "synthetic", *RAW_LOADERS}))
+        raise FtvizError(f"unknown dataset {name!r}; choose one of: {known}")
+    return RAW_LOADERS[name](config.path)
+
+
+def _load_optional_sources() -> None:
+    """Import modules that register more sources (CIFAR-10, image folders), if present."""
+    import importlib
+
+    for module in ("ftviz.sources",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+def load_splits(config, *, seed: int) -> Splits:
+    """Build the train and probe sets from a :class:`ftviz.config.DataConfig`.
+
+    The probe is the train split (``probe = "train"``, as in the default) or the test split;
+    datasets without an official test split are split with ``test_fraction``, stratified.
+    Noise is injected into both sets at ``noise_rate`` with seeds derived from ``seed``.
+    """
+    raw = load_raw(config)
+    train, test = raw["train"], raw.get("test")
+    check_image_set(train, f"the {config.dataset} training split")
+    if config.probe == "test" and test is None:
+        from sklearn.model_selection import train_test_split
+
+        train_idx, test_idx = train_test_split(
+            np.arange(len(train)),
+            test_size=config.test_fraction,
+            stratify=train.labels,
+            random_state=seed,
+        )
+        train, test = train.subset(np.sort(train_idx)), train.subset(np.sort(test_idx))
+    train = train.subset(stratified_indices(train.labels, config.train_size, seed=seed))
+    num_classes = len(train.class_names)
+    train_noisy, _ = inject_label_noise(train.labels, config.noise_rate, num_classes, seed=seed + 1)
+    if config.probe == "train":
+        probe_source, probe_noisy_all = train, train_noisy
+    else:
+        check_image_set(test, f"the {config.dataset} test split")
+        probe_source = test
+        probe_noisy_all, _ = inject_label_noise(test.labels, config.noise_rate, num_classes, seed=seed + 2)
+    probe_idx = stratified_indices(probe_source.labels, config.probe_size, seed=seed)
+    probe = ImageSet(probe_source.images[probe_idx], probe_noisy_all[probe_idx], probe_source.class_names)
+    return Splits(
+        dataset=config.dataset,
+        train=ImageSet(train.images, train_noisy, train.class_names),
+        probe=probe,
+        train_true_labels=train.labels,
+        probe_true_labels=probe_source.labels[probe_idx],
+    )

@@ -1,0 +1,82 @@
+"""Embeddings and logits of the probe set from a live model: devices, precision, batching.
+
+Used in process by the training loop at every snapshot (no weights are reloaded), and by
+checkpoint ingestion (:mod:`ftviz.ingest`) for runs trained elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ftviz.errors import FtvizError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; errors for a GPU that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FtvizError(f"device {name!r} asked for but no CUDA GPU is visible; use train.device = \"cpu\"")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU does bf16 matrix products natively (AMX or AVX512-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device, *, inference: bool) -> torch.dtype | None:
+    """The autocast dtype for ``name`` ("auto" | "fp32" | "bf16"), or None for plain fp32.
+
+    "auto" is bf16 on a GPU; on a CPU it is bf16 only for inference on CPUs with native bf16
+    (the snapshots agree with fp32 to cosine >= 0.999, see tests/test_embed.py), fp32 otherwise.
+    """
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if inference and cpu_has_fast_bf16() else None
+
+
+@torch.inference_mode()
+def probe_forward(
+    model,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits of all ``images``.
+
+    Parameters
+    ----------
+    model : a :class:`ftviz.models.base.ProbeModel`, on its device.
+    images : uint8 (N, H, W, 3), on the model's device.
+    dtype : autocast dtype (torch.bfloat16) or None for fp32.
+
+    Returns
+    -------
+    embedding : (N, D) float16; logits : (N, C) float16.
+    """
+    was_training = model.training
+    model.eval()
+    device = images.device
+    embeddings, logits = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = model.preprocess(images[start : start + batch_size])
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                embedding, batch_logits = model.embed(batch)
+            embeddings.append(embedding.to(torch.float16))
+            logits.append(batch_logits.to(torch.float16))
+    finally:
+        model.train(was_training)
+    return torch.cat(embeddings).cpu().numpy(), torch.cat(logits).cpu().numpy()

@@ -1,0 +1,127 @@
+"""Stage orchestration: start (or resume) a run directory, then train, score, project, render."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+from ftviz.rundir import RunDir, write_npy, write_parquet
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that shape a run's numbers, for run.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "transformers", "cleanlab", "scikit-learn", "plotly", "diffusers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_samples(run: RunDir, splits) -> None:
+    """samples.parquet and probe_images.npy: the fixed probe set, row i = sample id i."""
+    import pandas as pd
+
+    names = np.asarray(splits.class_names, dtype=object)
+    given, true = splits.probe.labels, splits.probe_true_labels
+    write_npy(run.file("probe_images.npy"), splits.probe.images)
+    write_parquet(run.file("samples.parquet"), pd.DataFrame({
+        "id": np.arange(len(given), dtype=np.int64),
+        "given_label": given.astype(np.int64),
+        "true_label": true.astype(np.int64),
+        "is_noisy": given != true,
+        "class_name": names[given],
+        "true_class_name": names[true],
+    }))
+
+
+def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
+    """Create the run directory, or reopen an unfinished one with the same config to resume.
+
+    Returns (run, resuming). A finished run is never overwritten without ``force``.
+    """
+    run = RunDir(config.run_dir)
+    if run.path.exists() and any(run.path.iterdir()):
+        if force:
+            shutil.rmtree(run.path)
+        elif not run.exists():
+            raise FtvizError(f"{run.path} exists and is not an ftviz run; choose another name (--set name=...)")
+        else:
+            manifest = run.manifest()
+            if manifest.get("stages", {}).get("train", {}).get("status") == "done":
+                raise FtvizError(
+                    f"{run.path} already holds a finished run; pick a new name with --set name=..., "
+                    f"rerun a later stage (ftviz score|project|render {run.path}), or pass --force to replace it"
+                )
+            if manifest.get("config") != config.to_dict():
+                raise FtvizError(
+                    f"{run.path} holds an unfinished run with another config; "
+                    "resume it with the same settings or pass --force to start over"
+                )
+            return run, True
+    return run, False
+
+
+def run_experiment(config, *, force: bool = False, progress: bool = True, log=print) -> RunDir:
+    """All stages for an experiment config; returns the run directory."""
+    import torch
+
+    from ftviz.data import load_splits
+    from ftviz.models import create_model
+    from ftviz.train import train
+
+    started = time.perf_counter()
+    run, resuming = prepare_run(config, force=force)
+    splits = load_splits(config.data, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.model.name,
+        num_classes=splits.num_classes,
+        image_size=config.data.image_size,
+        pretrained=config.model.pretrained,
+        **config.model.options,
+    )
+    if not resuming:
+        run.create({
+            "name": config.name,
+            "config": config.to_dict(),
+            "versions": library_versions(),
+            "command": " ".join(sys.argv),
+            "seed": config.seed,
+            "dataset": {"name": config.data.dataset, "path": config.data.path,
+                        "num_classes": splits.num_classes, "class_names": splits.class_names,
+                        "train_size": len(splits.train), "image_shape": list(splits.probe.images.shape[1:])},
+            "model": {"name": config.model.name, "pretrained": config.model.pretrained,
+                      "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "probe_size": len(splits.probe),
+            "noise_rate": config.data.noise_rate,
+            "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
+        })
+        write_samples(run, splits)
+    log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "
+        f"({len(splits.train)} train, {len(splits.probe)} probe) -> {run.path}")
+    train(run, config, splits, model, progress=progress)
+    continue_run(run, config, progress=progress, log=log)
+    log(f"ftviz: done in {time.perf_counter() - started:.1f} s")
+    return run
+
+
+def continue_run(run: RunDir, config, *, progress: bool = True, log=print) -> None:
+    """Score, project and render a run whose snapshots are complete."""
+    from ftviz.project import project_run
+    from ftviz.quality import score_run
+    from ftviz.render import render_run
+
+    score_run(run, config.score, progress=progress)
+    project_run(run, config.project, progress=progress)
+    path = render_run(run, config.render)
+    log(f"ftviz: animation at {path}")

@@ -1,0 +1,122 @@
+"""Per-sample suspicion scores with Cleanlab: feature-space outliers and label issues.
+
+Functions take and return numpy arrays, keyword-only. :func:`score_run` applies them to every
+snapshot of a run and writes ``scores.parquet``.
+
+Conventions
+-----------
+``outlier_score`` = 1 - Cleanlab's ``OutOfDistribution`` feature score (cosine kNN, k = 10 by
+default), so *higher* means *more atypical*, in [0, 1]. ``label_quality`` is Cleanlab's
+self-confidence label quality score: *lower* means the given label is *more suspicious*.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, computed in float64, returned as float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def outlier_scores(embedding: np.ndarray, *, k: int = 10) -> np.ndarray:
+    """Cleanlab's kNN outlier score of each row, flipped so higher = more atypical.
+
+    Parameters
+    ----------
+    embedding : (N, D) features; N must exceed k.
+
+    Returns
+    -------
+    (N,) float64 in [0, 1].
+    """
+    from cleanlab.outlier import OutOfDistribution
+
+    features = np.asarray(embedding, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"embedding must be (N, D), got shape {features.shape}")
+    if len(features) <= k:
+        raise FtvizError(f"the outlier score needs more than k={k} probe samples, got {len(features)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = OutOfDistribution(params={"k": k}).fit_score(features=features, verbose=False)
+    return 1.0 - np.asarray(scores, dtype=np.float64)
+
+
+def label_scores(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab label quality and issue flags from logits.
+
+    Parameters
+    ----------
+    logits : (N, C) model outputs before softmax.
+    labels : (N,) given labels, int.
+
+    Returns
+    -------
+    label_quality : (N,) float64 in [0, 1], lower = more suspicious.
+    is_label_issue : (N,) bool, Cleanlab's ``find_label_issues`` (prune by noise rate).
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits (N, C) and labels (N,) disagree: {logits.shape} vs {labels.shape}")
+    pred_probs = softmax(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quality = get_label_quality_scores(labels, pred_probs)
+        try:
+            issues = find_label_issues(labels, pred_probs, n_jobs=1)
+        except (ValueError, ZeroDivisionError):
+            # Degenerate predictions (e.g. step 0 of a random network predicting one class):
+            # no confident joint can be estimated, so nothing is flagged at this step.
+            issues = np.zeros(len(labels), dtype=bool)
+    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
+
+
+def score_run(run, config=None, *, progress: bool = True) -> None:
+    """Score every snapshot of ``run`` and write ``scores.parquet``.
+
+    Columns: step, id, outlier_score, label_quality, is_label_issue, predicted_label,
+    confidence (softmax probability of the predicted label).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ftviz.rundir import write_parquet
+
+    run.require("train")
+    k = config.k if config is not None else 10
+    samples = run.samples()
+    labels = samples["given_label"].to_numpy()
+    steps = run.snapshot_steps()
+    tables = []
+    run.mark_stage("score", "running")
+    for step in tqdm(steps, desc="score", unit="frame", disable=not progress, leave=False):
+        embedding, logits = run.load_snapshot(step)
+        if len(embedding) != len(labels):
+            raise FtvizError(
+                f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
+                f"{len(labels)}; the run is inconsistent, rerun training"
+            )
+        quality, issues = label_scores(logits=logits.astype(np.float32), labels=labels)
+        probs = softmax(logits)
+        tables.append(pd.DataFrame({
+            "step": np.full(len(labels), step, dtype=np.int64),
+            "id": samples["id"].to_numpy(),
+            "outlier_score": outlier_scores(embedding, k=k),
+            "label_quality": quality,
+            "is_label_issue": issues,
+            "predicted_label": probs.argmax(1).astype(np.int64),
+            "confidence": probs.max(1),
+        }))
+    write_parquet(run.file("scores.parquet"), pd.concat(tables, ignore_index=True))
+    run.mark_stage("score", "done", k=k)

@@ -1,0 +1,279 @@
+"""The run directory: the contract between stages and with other analyses.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    runs/<name>/
+      run.json              manifest: config, versions, dataset/model ids, seed, snapshot
+                            steps, probe size, noise rate, and the status of every stage
+      metrics.parquet       step, epoch, split ("train"|"eval"), loss, accuracy,
+                            true_accuracy, learning_rate
+      samples.parquet       id, given_label, true_label, is_noisy, class_name, true_class_name
+      probe_images.npy      (N, H, W, 3) uint8, row i is the sample with id i
+      snapshots/step-XXXXXXX.npz   embedding (N, D) float16, logits (N, C) float16
+      scores.parquet        step, id, outlier_score, label_quality, is_label_issue,
+                            predicted_label, confidence
+      frames.npy            (T, N, 2) float32 aligned 2-D coordinates, T = len(snapshot steps)
+      projection.parquet    step, explained_variance, disparity_to_previous, knn_overlap
+      animation.html        self-contained page
+      weights/latest.pt     latest training state, for resume
+
+Every write goes to a temporary file in the same folder and is renamed into place, so a file
+that exists is complete. ``run.json`` marks a stage done only after its files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ftviz import __version__
+from ftviz.errors import FtvizError, MissingStageError
+
+FORMAT_VERSION = 1
+STAGES = ("train", "score", "project", "render")
+# The command that produces each stage's files, for error messages.
+STAGE_COMMANDS = {
+    "train": "ftviz run EXPERIMENT.toml (or ftviz embed --checkpoints DIR)",
+    "score": "ftviz score {run}",
+    "project": "ftviz project {run}",
+    "render": "ftviz render {run}",
+}
+
+
+@contextmanager
+def atomic_path(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path | str, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_parquet(path: Path | str, frame) -> None:
+    """Write a pandas DataFrame atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_npy(path: Path | str, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def snapshot_name(step: int) -> str:
+    return f"step-{step:07d}.npz"
+
+
+class RunDir:
+    """Read and write one run directory.
+
+    Parameters
+    ----------
+    path : path of the run folder (created by :meth:`create`, read by everything else).
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    # ---- paths -------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / "weights"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ---- manifest ----------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def create(self, manifest: dict) -> None:
+        """Start a new run: write ``run.json`` with every stage pending."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format_version": FORMAT_VERSION,
+            "ftviz_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **manifest,
+            "stages": {stage: {"status": "pending"} for stage in STAGES},
+        }
+        data.setdefault("snapshot_steps", [])
+        write_json(self.manifest_path, data)
+
+    def manifest(self) -> dict:
+        """The parsed ``run.json``; errors if absent, corrupt or from another format version."""
+        if not self.path.is_dir():
+            raise FtvizError(f"no run directory at {self.path}: give the path of a run (runs/<name>)")
+        if not self.manifest_path.is_file():
+            raise FtvizError(
+                f"{self.path} has no run.json: it is not an ftviz run (make one with ftviz run)"
+            )
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise FtvizError(f"{self.manifest_path} is corrupt ({error}); rerun the experiment") from None
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise FtvizError(
+                f"{self.path} was written in run format {version!r} by ftviz "
+                f"{data.get('ftviz_version', '?')}; this ftviz {__version__} reads format "
+                f"{FORMAT_VERSION}: rerun it with this version or use the matching ftviz"
+            )
+        return data
+
+    def update_manifest(self, **changes: Any) -> dict:
+        data = self.manifest()
+        data.update(changes)
+        write_json(self.manifest_path, data)
+        return data
+
+    def mark_stage(self, stage: str, status: str = "done", **info: Any) -> None:
+        """Record a stage's status; call with "done" only after its files are complete."""
+        data = self.manifest()
+        entry = {"status": status, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+        data.setdefault("stages", {})[stage] = entry
+        # A redone stage invalidates everything downstream of it.
+        if status in ("done", "running") and stage in STAGES:
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                if data["stages"].get(later, {}).get("status") == "done":
+                    data["stages"][later] = {"status": "stale"}
+        write_json(self.manifest_path, data)
+
+    def stage_status(self, stage: str) -> str:
+        return self.manifest().get("stages", {}).get(stage, {}).get("status", "pending")
+
+    def require(self, stage: str) -> None:
+        """Raise :class:`MissingStageError` unless ``stage`` is done."""
+        status = self.stage_status(stage)
+        if status != "done":
+            command = STAGE_COMMANDS.get(stage, stage).format(run=self.path)
+            raise MissingStageError(
+                f"{self.path}: stage '{stage}' is {status}; run `{command}` first"
+            )
+
+    # ---- snapshots ---------------------------------------------------------------------
+    def write_snapshot(self, step: int, embedding: np.ndarray, logits: np.ndarray) -> Path:
+        """Store the probe's embedding (N, D) and logits (N, C) at ``step`` as float16."""
+        if embedding.ndim != 2 or logits.ndim != 2 or len(embedding) != len(logits):
+            raise ValueError(
+                f"embedding (N, D) and logits (N, C) must share N; got {embedding.shape} and {logits.shape}"
+            )
+        path = self.snapshots_dir / snapshot_name(step)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    embedding=np.asarray(embedding, dtype=np.float16),
+                    logits=np.asarray(logits, dtype=np.float16),
+                )
+        return path
+
+    def snapshot_steps(self) -> list[int]:
+        """Steps of the complete snapshots, ascending (from the manifest, checked on disk)."""
+        steps = [int(s) for s in self.manifest().get("snapshot_steps", [])]
+        missing = [s for s in steps if not (self.snapshots_dir / snapshot_name(s)).is_file()]
+        if missing:
+            raise FtvizError(
+                f"{self.path}: snapshots for steps {missing[:5]} are missing; rerun training"
+            )
+        return steps
+
+    def load_snapshot(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (embedding (N, D) float16, logits (N, C) float16) at ``step``."""
+        path = self.snapshots_dir / snapshot_name(step)
+        try:
+            with np.load(path) as data:
+                return data["embedding"], data["logits"]
+        except FileNotFoundError:
+            raise FtvizError(f"{path} is missing; rerun training for this run") from None
+        except Exception as error:  # zip / pickle / key errors from a damaged file
+            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); rerun training") from None
+
+    def load_embeddings(self) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """All snapshots stacked: steps, embeddings (T, N, D) and logits (T, N, C), float16."""
+        steps = self.snapshot_steps()
+        if not steps:
+            raise MissingStageError(f"{self.path} has no snapshots; run training first")
+        pairs = [self.load_snapshot(s) for s in steps]
+        return steps, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    # ---- tables ------------------------------------------------------------------------
+    def read_parquet(self, name: str, stage: str | None = None):
+        import pandas as pd
+
+        path = self.path / name
+        if not path.is_file():
+            if stage:
+                self.require(stage)
+            raise FtvizError(f"{path} is missing; rerun the stage that writes it")
+        try:
+            return pd.read_parquet(path)
+        except Exception as error:
+            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); rerun its stage") from None
+
+    def samples(self):
+        return self.read_parquet("samples.parquet", "train")
+
+    def metrics(self):
+        return self.read_parquet("metrics.parquet", "train")
+
+    def scores(self):
+        self.require("score")
+        return self.read_parquet("scores.parquet", "score")
+
+    def projection(self):
+        self.require("project")
+        return self.read_parquet("projection.parquet", "project")
+
+    def frames(self) -> np.ndarray:
+        """Aligned 2-D coordinates (T, N, 2) float32."""
+        self.require("project")
+        return np.load(self.path / "frames.npy")
+
+    def probe_images(self) -> np.ndarray:
+        """Probe images (N, H, W, 3) uint8, row i = sample id i."""
+        path = self.path / "probe_images.npy"
+        if not path.is_file():
+            self.require("train")
+            raise FtvizError(f"{path} is missing; rerun training")
+        return np.load(path)

@@ -1,0 +1,199 @@
+"""One readable training loop with the snapshot hook.
+
+Every ``snapshot_every`` optimizer steps, and at step 0 before any update, the probe set goes
+through the live model and its embeddings and logits are written to ``snapshots/``. Train loss
+is logged every step; eval loss and accuracy on the probe at every snapshot. Weights are
+written only for resume (``weights/latest.pt``) unless asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ftviz.embed import probe_forward, resolve_device, resolve_precision
+from ftviz.errors import FtvizError
+from ftviz.rundir import RunDir, write_parquet
+
+# Write the resume state at least this often (seconds) besides epoch ends and interrupts:
+# a ViT-B state is ~1 GB, so not at every snapshot.
+RESUME_EVERY_S = 600.0
+
+
+def snapshot_schedule(total_steps: int, every: int) -> list[int]:
+    """Steps with a snapshot: 0, every, 2*every, ..., and always the last step."""
+    steps = list(range(0, total_steps + 1, every))
+    if steps[-1] != total_steps:
+        steps.append(total_steps)
+    return steps
+
+
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to zero."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _eval_metrics(logits: np.ndarray, given: np.ndarray, true: np.ndarray) -> dict:
+    logits_t = torch.from_numpy(logits.astype(np.float32))
+    loss = F.cross_entropy(logits_t, torch.from_numpy(given)).item()
+    predicted = logits.argmax(1)
+    return {
+        "loss": loss,
+        "accuracy": float((predicted == given).mean()),
+        "true_accuracy": float((predicted == true).mean()),
+    }
+
+
+def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
+    """Train ``model`` on ``splits.train`` and snapshot ``splits.probe`` into ``run``.
+
+    Resumes from ``weights/latest.pt`` when the run holds one from an unfinished training.
+    """
+    import pandas as pd
+
+    cfg = config.train
+    torch.manual_seed(config.seed)
+    device = resolve_device(cfg.device)
+    train_dtype = resolve_precision(cfg.precision, device, inference=False)
+    embed_dtype = resolve_precision(cfg.embed_precision, device, inference=True)
+    model.to(device)
+
+    train_images = torch.from_numpy(splits.train.images).to(device)
+    train_labels = torch.from_numpy(splits.train.labels).to(device)
+    probe_images = torch.from_numpy(splits.probe.images).to(device)
+    probe_given = splits.probe.labels
+    probe_true = splits.probe_true_labels
+
+    micro_per_epoch = max(1, len(train_labels) // cfg.batch_size)  # drop the ragged last batch
+    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
+    schedule = snapshot_schedule(total_steps, cfg.snapshot_every)
+
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+    start_step, metric_rows, done_snapshots = 0, [], []
+    resume_path = run.weights_dir / "latest.pt"
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location=device, weights_only=False)
+        if state.get("total_steps") != total_steps:
+            raise FtvizError(
+                f"{resume_path} is from a run of {state.get('total_steps')} steps, this config has "
+                f"{total_steps}; start a new run name or delete {run.weights_dir}"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        metric_rows = [row for row in state["metrics"] if row["step"] <= start_step]
+        done_snapshots = [s for s in run.manifest().get("snapshot_steps", []) if s <= start_step]
+
+    def save_resume_state(step: int) -> None:
+        if cfg.save_weights == "none":
+            return
+        from ftviz.rundir import atomic_path
+
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "total_steps": total_steps,
+            "torch_rng": torch.get_rng_state(),
+            "metrics": metric_rows,
+            "config": config.to_dict(),
+        }
+        with atomic_path(resume_path) as tmp:
+            torch.save(state, tmp)
+
+    def snapshot(step: int) -> None:
+        embedding, logits = probe_forward(model, probe_images, batch_size=cfg.eval_batch_size, dtype=embed_dtype)
+        if not np.isfinite(embedding).all():
+            raise FtvizError(f"the embeddings at step {step} are not finite: lower train.lr")
+        run.write_snapshot(step, embedding, logits)
+        metric_rows.append(
+            {"step": step, "epoch": step / steps_per_epoch, "split": "eval",
+             "learning_rate": lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr),
+             **_eval_metrics(logits.astype(np.float32), probe_given, probe_true)}
+        )
+        done_snapshots.append(step)
+        write_parquet(run.file("metrics.parquet"), pd.DataFrame(metric_rows))
+        run.update_manifest(snapshot_steps=done_snapshots)
+        if cfg.save_weights == "all":
+            model.save_pretrained(run.weights_dir / f"step-{step:07d}")
+        # Families with more to show per snapshot (the diffusion model's generated samples).
+        on_snapshot = getattr(model, "on_snapshot", None)
+        if on_snapshot is not None:
+            on_snapshot(run, step)
+
+    run.mark_stage("train", "running", total_steps=total_steps)
+    bar = _progress(total_steps, start_step, enabled=progress)
+    last_resume_save = time.monotonic()
+    step = start_step
+    try:
+        if step == 0 and 0 not in done_snapshots:
+            snapshot(0)
+        model.train()
+        while step < total_steps:
+            lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                index = _micro_batch(step * cfg.grad_accum + micro, micro_per_epoch, cfg.batch_size,
+                                     len(train_labels), config.seed, device)
+                pixels = model.preprocess(train_images[index])
+                with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
+                    loss = model.training_loss(pixels, train_labels[index])
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = loss_sum / cfg.grad_accum
+            if not math.isfinite(train_loss):
+                raise FtvizError(f"the training loss became {train_loss} at step {step}: lower train.lr")
+            metric_rows.append({"step": step, "epoch": step / steps_per_epoch, "split": "train",
+                                "loss": train_loss, "accuracy": float("nan"),
+                                "true_accuracy": float("nan"), "learning_rate": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.3f}")
+            if step in schedule:
+                snapshot(step)
+            if step % steps_per_epoch == 0 or time.monotonic() - last_resume_save > RESUME_EVERY_S:
+                if step < total_steps:
+                    save_resume_state(step)
+                    last_resume_save = time.monotonic()
+    except KeyboardInterrupt:
+        save_resume_state(step)
+        run.mark_stage("train", "interrupted", step=step, total_steps=total_steps)
+        raise
+    finally:
+        bar.close()
+    if cfg.save_weights != "none":
+        save_resume_state(step)
+    final = metric_rows[-1] if metric_rows else {}
+    run.mark_stage("train", "done", total_steps=total_steps, snapshots=len(done_snapshots),
+                   final_true_accuracy=final.get("true_accuracy"))
+
+
+def _micro_batch(index: int, per_epoch: int, batch_size: int, n: int, seed: int, device) -> torch.Tensor:
+    """Indices of micro-batch ``index``: a fixed permutation per epoch, so resume is exact."""
+    epoch, position = divmod(index, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    return order[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+def _progress(total: int, initial: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, leave=False)

@@ -1,0 +1,51 @@
+"""Shared fixtures: small real runs made by the real pipeline, on data the tests make."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 4,
+}
+
+
+def tiny_config(tmp_path, name: str = "tiny", **sections):
+    """An experiment on synthetic 16 px images with a one-layer ViT: trains in ~2 s.
+
+    ``sections`` override whole keys, e.g. ``train={"epochs": 1}``.
+    """
+    from ftviz.config import ExperimentConfig, _apply, validate
+
+    config = ExperimentConfig()
+    values = {
+        "name": name,
+        "out_dir": str(tmp_path),
+        "data": {"dataset": "synthetic", "train_size": 200, "image_size": 16, "noise_rate": 0.1},
+        "model": {"name": "vit_tiny", "options": dict(TINY_VIT)},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "snapshot_every": 2, "device": "cpu"},
+        "score": {"k": 5},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    _apply(config, values, "")
+    validate(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A complete run directory (train, score, project, render done) shared by the session.
+
+    Treat it as read-only; copy it (shutil.copytree) before changing anything.
+    """
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path_factory.mktemp("runs"))
+    return run_experiment(config, progress=False, log=lambda *_: None)
