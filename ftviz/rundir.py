@@ -170,8 +170,14 @@ class RunDir:
     def mark_stage(self, stage: str, status: str = "done", **info: Any) -> None:
         """Record a stage's status; call with "done" only after its files are complete."""
         data = self.manifest()
+        now = time.time()
         entry = {"status": status, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
-        data.setdefault("stages", {})[stage] = entry
+        previous = data.setdefault("stages", {}).get(stage, {})
+        if status == "running":
+            entry["started"] = now
+        elif "started" in previous:
+            entry["seconds"] = round(now - previous["started"], 3)
+        data["stages"][stage] = entry
         # A redone stage invalidates everything downstream of it.
         if status in ("done", "running") and stage in STAGES:
             for later in STAGES[STAGES.index(stage) + 1 :]:

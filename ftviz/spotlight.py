@@ -1,0 +1,393 @@
+"""Open a run in Renumics Spotlight: one row per probe sample, with a layout shipped in ftviz.
+
+The table (:func:`build_table`) has one row per probe sample, row i = sample id i:
+
+=====================  ===================================================================
+column                 meaning
+=====================  ===================================================================
+id                     sample id (row of ``probe_images.npy``)
+image                  PNG bytes, upscaled (nearest neighbour) to at least 128 px
+given_label            label the model was trained on (category of class names)
+true_label, is_noisy   label before noise injection, and whether it was flipped; only in
+                       runs that injected label noise
+predicted_label        argmax of the logits at the last snapshot (category)
+confidence             softmax probability of ``predicted_label`` at the last snapshot
+outlier_score_first    Cleanlab outlier score at the first / last snapshot
+outlier_score_last
+label_quality_first    Cleanlab label quality (self-confidence) at the first / last snapshot
+label_quality_last
+label_issue_last       Cleanlab flags the given label as an issue at the last snapshot
+first_issue_step       first snapshot step at which the sample was flagged; empty if never
+frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
+frame_last             as Spotlight embeddings (in an exported file: ``(x, y, 0)``, see
+                       :func:`export_table`)
+embedding_last         the probe embedding at the last snapshot (D values)
+=====================  ===================================================================
+
+Spotlight is imported only inside :func:`show`; its telemetry stays off unless the user
+opted in (:func:`keep_telemetry_off`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+from ftviz.rundir import RunDir, write_parquet
+
+LAYOUT_PATH = Path(__file__).with_name("spotlight_layout.json")
+# Probe images are often 16-32 px: shown as is, the browser blurs them into smudges.
+IMAGE_MIN_SIDE = 128
+FRAME_COLUMNS = ("frame_first", "frame_last")
+EMBEDDING_COLUMN = "embedding_last"
+# Environment variables Spotlight's settings read (pydantic-settings, prefix "spotlight_",
+# case-insensitive) to decide on usage analytics.
+TELEMETRY_VARIABLES = ("SPOTLIGHT_OPT_IN", "SPOTLIGHT_OPT_OUT")
+
+
+# ---- the table ---------------------------------------------------------------------------
+def build_table(run: RunDir):
+    """The Spotlight table of ``run``: one row per probe sample (see the module docstring).
+
+    Raises :class:`~ftviz.errors.MissingStageError` naming the first missing stage
+    (train, score, project) and the command that makes it.
+
+    Returns
+    -------
+    pandas.DataFrame with N rows; ``frame_*`` cells are float32 arrays of shape (2,),
+    ``embedding_last`` cells float32 arrays of shape (D,).
+    """
+    import pandas as pd
+
+    for stage in ("train", "score", "project"):
+        run.require(stage)
+    manifest = run.manifest()
+    samples = run.samples().sort_values("id").reset_index(drop=True)
+    count = len(samples)
+    if not np.array_equal(samples["id"].to_numpy(), np.arange(count)):
+        raise FtvizError(f"{run.path}: samples.parquet ids are not 0..{count - 1}; rerun training")
+    steps = run.snapshot_steps()
+    if not steps:
+        raise FtvizError(f"{run.path} has no snapshots; rerun training")
+    first, last = steps[0], steps[-1]
+
+    scores = run.scores()
+    at_first, at_last = (_scores_at(run, scores, step, count) for step in (first, last))
+    frames = run.frames()
+    if frames.shape != (len(steps), count, 2):
+        raise FtvizError(
+            f"{run.path}: frames.npy has shape {frames.shape}, expected ({len(steps)}, {count}, 2); "
+            f"rerun `ftviz project {run.path}`"
+        )
+    embedding, _ = run.load_snapshot(last)
+    if len(embedding) != count:
+        raise FtvizError(f"{run.path}: snapshot {last} has {len(embedding)} rows, not {count}; rerun training")
+
+    class_names = _class_names(manifest, samples)
+
+    def category(labels):
+        return pd.Categorical.from_codes(np.asarray(labels, dtype=np.int64), categories=class_names)
+
+    columns = {
+        "id": samples["id"].to_numpy(np.int64),
+        "image": png_images(run.probe_images()),
+        "given_label": category(samples["given_label"]),
+    }
+    if _injected_noise(manifest, samples):
+        columns["true_label"] = category(samples["true_label"])
+        columns["is_noisy"] = samples["is_noisy"].to_numpy(bool)
+    columns |= {
+        "predicted_label": category(at_last["predicted_label"]),
+        "confidence": at_last["confidence"].to_numpy(np.float64),
+        "outlier_score_first": at_first["outlier_score"].to_numpy(np.float64),
+        "outlier_score_last": at_last["outlier_score"].to_numpy(np.float64),
+        "label_quality_first": at_first["label_quality"].to_numpy(np.float64),
+        "label_quality_last": at_last["label_quality"].to_numpy(np.float64),
+        "label_issue_last": at_last["is_label_issue"].to_numpy(bool),
+        "first_issue_step": first_issue_steps(scores, count),
+        "frame_first": list(frames[0].astype(np.float32)),
+        "frame_last": list(frames[-1].astype(np.float32)),
+        EMBEDDING_COLUMN: list(embedding.astype(np.float32)),
+    }
+    table = pd.DataFrame(columns)
+    table.attrs["steps"] = {"first": int(first), "last": int(last)}
+    return table
+
+
+def _scores_at(run: RunDir, scores, step: int, count: int):
+    """Rows of scores.parquet at ``step``, one per sample, in id order."""
+    rows = scores[scores["step"] == step].sort_values("id").reset_index(drop=True)
+    if not np.array_equal(rows["id"].to_numpy(), np.arange(count)):
+        raise FtvizError(
+            f"{run.path}: scores.parquet has {len(rows)} rows at step {step}, expected ids "
+            f"0..{count - 1}; rerun `ftviz score {run.path}`"
+        )
+    return rows
+
+
+def first_issue_steps(scores, count: int):
+    """First step at which each sample was flagged as a label issue (nullable Int64, length N)."""
+    import pandas as pd
+
+    flagged = scores.loc[scores["is_label_issue"].astype(bool), ["id", "step"]]
+    first = flagged.groupby("id")["step"].min()
+    return pd.array(first.reindex(range(count)).to_numpy(), dtype="Int64")
+
+
+def _class_names(manifest: dict, samples) -> list[str]:
+    """Category names indexed by label; unique, since Spotlight keys categories by name."""
+    names = [str(n) for n in manifest.get("dataset", {}).get("class_names") or []]
+    labels = samples["given_label"].to_numpy()
+    if "true_label" in samples:
+        labels = np.concatenate([labels, samples["true_label"].to_numpy()])
+    needed = int(labels.max()) + 1 if len(labels) else 0
+    if len(names) < needed:
+        names += [str(i) for i in range(len(names), needed)]
+    if len(set(names)) != len(names):
+        names = [f"{i}: {name}" for i, name in enumerate(names)]
+    return names
+
+
+def _injected_noise(manifest: dict, samples) -> bool:
+    if "true_label" not in samples or "is_noisy" not in samples:
+        return False
+    return float(manifest.get("noise_rate") or 0) > 0 or bool(samples["is_noisy"].any())
+
+
+def png_images(images: np.ndarray, *, min_side: int = IMAGE_MIN_SIDE) -> list[bytes]:
+    """Encode (N, H, W, 3) or (N, H, W) uint8 images as PNG bytes.
+
+    Images smaller than ``min_side`` are enlarged by a whole factor with nearest-neighbour
+    repetition, so pixels stay sharp where the browser would otherwise blur them.
+    """
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
+        raise FtvizError(
+            f"probe_images.npy must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}: rerun training"
+        )
+    factor = max(1, math.ceil(min_side / max(images.shape[1:3])))
+    encoded = []
+    for image in images:
+        if factor > 1:
+            image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+        buffer = io.BytesIO()
+        # compress_level 1: a 10k-image probe encodes in seconds, files stay small.
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def spotlight_dtypes(table) -> dict:
+    """Column -> Spotlight dtype for the columns Spotlight cannot guess right by itself.
+
+    2-value arrays would be read as ``Window`` and PNG bytes as bytes without these.
+    """
+    from renumics.spotlight import dtypes
+
+    mapping = {"image": dtypes.image_dtype}
+    for column in (*FRAME_COLUMNS, EMBEDDING_COLUMN):
+        if column in table:
+            mapping[column] = dtypes.EmbeddingDType(len(table[column].iloc[0]))
+    return mapping
+
+
+# ---- export ------------------------------------------------------------------------------
+def export_table(run: RunDir, path: Path | str) -> Path:
+    """Write the table to a parquet file that ``spotlight PATH`` opens without any options.
+
+    Spotlight reads a parquet file through pandas and guesses each column's type from its
+    values: PNG bytes become images and float lists of length D embeddings, except that a
+    list of 2 values is read as a ``Window`` (and 4 as a bounding box). The 2-D frame columns
+    are therefore written as ``(x, y, 0)``; the zero changes no distance, so a similarity map
+    (PCA) of the column shows the same frame.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        raise FtvizError(f"--export writes parquet: give a file name ending in .parquet (got {path.name})")
+    table = build_table(run)
+    for column in FRAME_COLUMNS:
+        table[column] = [np.append(xy, np.float32(0)) for xy in table[column]]
+    write_parquet(path, table)
+    return path
+
+
+# ---- layout ------------------------------------------------------------------------------
+def load_layout(columns=None):
+    """ftviz's Spotlight layout (``spotlight_layout.json``), read from the package, no network.
+
+    Table columns and inspector lenses that name a column absent from ``columns`` (e.g.
+    ``true_label`` in a run without injected noise) are dropped.
+    """
+    import json
+
+    from renumics.spotlight.layout.nodes import Layout
+
+    data = json.loads(LAYOUT_PATH.read_text())
+    if columns is not None:
+        _drop_missing_columns(data, set(columns))
+    return Layout.model_validate(data)
+
+
+def _drop_missing_columns(node, present: set) -> None:
+    if isinstance(node, list):
+        for child in node:
+            _drop_missing_columns(child, present)
+        return
+    if not isinstance(node, dict):
+        return
+    config = node.get("config") or {}
+    if isinstance(config.get("visibleColumns"), list):
+        config["visibleColumns"] = [c for c in config["visibleColumns"] if c in present]
+    if isinstance(config.get("views"), list):
+        config["views"] = [v for v in config["views"] if set(v.get("columns", [])) <= present]
+    if isinstance(config.get("sorting"), list):
+        config["sorting"] = [s for s in config["sorting"] if s and s[0] in present]
+    _drop_missing_columns(node.get("children", []), present)
+
+
+# ---- serving -----------------------------------------------------------------------------
+def keep_telemetry_off() -> None:
+    """Turn Spotlight's usage analytics off unless the user set an opt-in/opt-out variable.
+
+    Spotlight reads ``SPOTLIGHT_OPT_IN`` / ``SPOTLIGHT_OPT_OUT`` when it is imported, and
+    its server process inherits this environment, so call this before importing it.
+    """
+    chosen = {name.upper() for name in os.environ} & set(TELEMETRY_VARIABLES)
+    if not chosen:
+        os.environ["SPOTLIGHT_OPT_OUT"] = "true"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise FtvizError if ``port`` on ``host`` is taken (bound the way Spotlight binds it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise FtvizError(
+                f"port {port} on {host} is taken ({error.strerror}); pass another --port, "
+                "or leave --port out to pick a free one"
+            ) from None
+
+
+def show(
+    run: RunDir,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    open_browser: bool = True,
+    no_ssl: bool = False,
+):
+    """Start a Spotlight server on ``run``'s table with ftviz's layout; returns the Viewer.
+
+    The server runs in a child process until ``viewer.close()`` (or interpreter exit).
+    ``port=None`` picks a free port.
+    """
+    table = build_table(run)
+    if port is not None:
+        check_port_free(host, port)
+    keep_telemetry_off()
+    try:
+        from renumics import spotlight
+        from renumics.spotlight.server import MissingTLSCertificate, MissingTLSKey
+    except ModuleNotFoundError:
+        raise FtvizError(
+            "Renumics Spotlight is not installed: pip install 'ftviz[spotlight]'"
+        ) from None
+    try:
+        return spotlight.show(
+            table,
+            host=host,
+            port="auto" if port is None else port,
+            layout=load_layout(table.columns),
+            dtype=spotlight_dtypes(table),
+            no_browser=not open_browser,
+            allow_filebrowsing=False,
+            wait=False,
+            no_ssl=no_ssl,
+        )
+    except (MissingTLSCertificate, MissingTLSKey):
+        raise FtvizError(
+            f"Spotlight serves {host} only over TLS; use --host 127.0.0.1 (and an SSH tunnel), "
+            "or pass --no-ssl to serve it unencrypted"
+        ) from None
+    except OSError as error:
+        raise FtvizError(f"cannot serve on {host}:{port} ({error}); try another --port or --host") from None
+
+
+# ---- stopping every process Spotlight started ---------------------------------------------
+# Spotlight's server (a uvicorn child process) computes similarity maps in a pool of worker
+# processes. When the server is killed after its 3 s grace period, which is common on a busy
+# machine, the workers outlive it until their current job ends. The CLI ends them itself.
+
+
+def server_processes(viewer) -> set[tuple[int, str]]:
+    """Spotlight's server process and its descendants, as (pid, start time) pairs.
+
+    Reads the server's pid from the viewer's private ``_server.process`` (Spotlight has no
+    public accessor); an empty set if that changes or on systems without Linux's /proc.
+    """
+    process = getattr(getattr(viewer, "_server", None), "process", None)
+    pid = getattr(process, "pid", None)
+    started = _start_time(pid) if pid else None
+    if started is None:
+        return set()
+    return {(pid, started)} | process_tree(pid)
+
+
+def process_tree(pid: int) -> set[tuple[int, str]]:
+    """Descendants of ``pid`` as (pid, start time) pairs, from /proc.
+
+    The start time tells a process from a later one that reuses its pid.
+    """
+    found: set[tuple[int, str]] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            started = _start_time(child)
+            if started is not None:
+                found |= {(child, started)} | process_tree(child)
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks); None if gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def end_processes(processes: set[tuple[int, str]], *, grace_s: float = 5.0) -> None:
+    """SIGTERM the processes still running, then SIGKILL those alive after ``grace_s``."""
+
+    def running():
+        return {(pid, started) for pid, started in processes if _start_time(pid) == started}
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, _ in running():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not running():
+            return

@@ -1,0 +1,153 @@
+"""The whole pipeline on real (small) data, the run directory contract, resume and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ftviz.cli import main
+from ftviz.rundir import RunDir
+from tests.conftest import tiny_config
+
+
+def test_run_directory_contract(tiny_run):
+    manifest = tiny_run.manifest()
+    assert {stage: info["status"] for stage, info in manifest["stages"].items()} == {
+        "train": "done", "score": "done", "project": "done", "render": "done"}
+    steps = manifest["snapshot_steps"]
+    assert steps == [0, 2, 4, 6, 8, 10, 12]  # 200 // 32 = 6 steps per epoch, 2 epochs
+    samples = tiny_run.samples()
+    n = len(samples)
+    assert n == manifest["probe_size"] == 200
+    assert samples["is_noisy"].sum() == manifest["noisy_probe_samples"] == 20
+    assert (samples["given_label"] != samples["true_label"]).sum() == 20
+    embedding, logits = tiny_run.load_snapshot(4)
+    assert embedding.dtype == np.float16 and embedding.shape == (n, 32)
+    assert logits.dtype == np.float16 and logits.shape == (n, 10)
+    frames = tiny_run.frames()
+    assert frames.shape == (7, n, 2) and frames.dtype == np.float32
+    scores = tiny_run.scores()
+    assert len(scores) == 7 * n
+    assert sorted(scores["step"].unique()) == steps
+    assert scores["outlier_score"].between(0, 1).all()
+    metrics = tiny_run.metrics()
+    assert metrics[metrics.split == "eval"]["step"].tolist() == steps
+    assert metrics[metrics.split == "train"]["step"].tolist() == list(range(1, 13))
+    projection = tiny_run.projection()
+    assert projection["step"].tolist() == steps
+    assert np.isnan(projection["disparity_to_previous"].iloc[0])
+    assert projection["knn_overlap"].between(0, 1).all()
+    assert (tiny_run.path / "animation.html").stat().st_size > 1_000_000  # plotly.js inside
+    assert (tiny_run.path / "weights" / "latest.pt").is_file()
+    assert np.load(tiny_run.path / "probe_images.npy").shape == (n, 16, 16, 3)
+
+
+def test_snapshots_are_captured_from_the_live_model(tiny_run):
+    """Eval accuracy in metrics.parquet is recomputed from the stored logits."""
+    metrics = tiny_run.metrics()
+    samples = tiny_run.samples()
+    for step in (0, 12):
+        _, logits = tiny_run.load_snapshot(step)
+        row = metrics[(metrics.split == "eval") & (metrics.step == step)].iloc[0]
+        predicted = logits.astype(np.float32).argmax(1)
+        assert row["true_accuracy"] == pytest.approx((predicted == samples["true_label"]).mean())
+    # The synthetic classes are easy: twelve steps must visibly separate them.
+    evals = metrics[metrics.split == "eval"]
+    assert evals["true_accuracy"].iloc[-1] > evals["true_accuracy"].iloc[0] + 0.3
+    assert evals["loss"].iloc[-1] < evals["loss"].iloc[0]
+
+
+def test_stage_reruns_alone_and_invalidates_downstream(tiny_run, tmp_path, capsys):
+    run_path = tmp_path / "copy"
+    shutil.copytree(tiny_run.path, run_path)
+    assert main(["score", str(run_path), "-q", "--set", "score.k=3"]) == 0
+    run = RunDir(run_path)
+    assert run.stage_status("score") == "done"
+    assert run.manifest()["stages"]["score"]["k"] == 3
+    assert run.stage_status("project") == "stale"  # its input changed
+    assert main(["render", str(run_path), "-q"]) == 2
+    assert "stage 'project' is stale" in capsys.readouterr().err
+    assert main(["project", str(run_path), "-q"]) == 0
+    assert main(["render", str(run_path), "-q"]) == 0
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from ftviz.models.vit import ViTProbe
+    from ftviz.pipeline import run_experiment
+
+    reference = run_experiment(tiny_config(tmp_path, name="straight"), progress=False, log=lambda *_: None)
+
+    def interrupt_at_step_6(self, run, step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path, name="interrupted")
+    monkeypatch.setattr(ViTProbe, "on_snapshot", interrupt_at_step_6, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, progress=False, log=lambda *_: None)
+    run = RunDir(tmp_path / "interrupted")
+    assert run.stage_status("train") == "interrupted"
+    assert run.manifest()["snapshot_steps"] == [0, 2, 4, 6]
+    monkeypatch.undo()
+    run_experiment(config, progress=False, log=lambda *_: None)
+    assert run.manifest()["snapshot_steps"] == [0, 2, 4, 6, 8, 10, 12]
+    for step in (8, 12):
+        resumed, _ = run.load_snapshot(step)
+        straight, _ = reference.load_snapshot(step)
+        np.testing.assert_allclose(resumed.astype(np.float32), straight.astype(np.float32), atol=2e-3)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("ftviz: error: ")
+    return err
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["run", "--set", "train.epoch=1"]) == 2
+    assert "unknown config key 'train.epoch'" in _one_line_error(capsys)
+    assert main(["run", "--set", "model.name=resnet9000", "--set", f"out_dir={tmp_path}"]) == 2
+    assert "unknown model 'resnet9000'" in _one_line_error(capsys)
+    assert main(["score", str(tmp_path / "nowhere")]) == 2
+    assert "no run directory" in _one_line_error(capsys)
+    assert not (tmp_path / "vit-digits").exists()  # nothing half-made
+
+
+def test_one_class_dataset_is_refused(tmp_path, capsys):
+    from ftviz.data import ImageSet, register_source
+
+    @register_source("one_class_for_test")
+    def _one_class(path):
+        return {"train": ImageSet(np.zeros((10, 8, 8, 3), np.uint8), np.zeros(10, np.int64), ["a", "b"]), "test": None}
+
+    assert main(["run", "--set", "data.dataset=one_class_for_test", "--set", f"out_dir={tmp_path}"]) == 2
+    assert "only one class" in _one_line_error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_from_another_version_is_refused(tiny_run, tmp_path, capsys):
+    run_path = tmp_path / "old"
+    shutil.copytree(tiny_run.path, run_path)
+    manifest = json.loads((run_path / "run.json").read_text())
+    manifest["format_version"] = 0
+    (run_path / "run.json").write_text(json.dumps(manifest))
+    assert main(["project", str(run_path)]) == 2
+    assert "run format 0" in _one_line_error(capsys)
+
+
+def test_finished_run_is_never_overwritten(tiny_run, capsys):
+    config_path = tiny_run.path.parent
+    before = (tiny_run.path / "frames.npy").read_bytes()
+    assert main(["run", "--set", f"out_dir={config_path}", "--set", f"name={tiny_run.path.name}"]) == 2
+    assert "already holds a finished run" in _one_line_error(capsys)
+    assert (tiny_run.path / "frames.npy").read_bytes() == before
+
+
+def test_corrupt_snapshot_is_reported(tiny_run, tmp_path, capsys):
+    run_path = tmp_path / "corrupt"
+    shutil.copytree(tiny_run.path, run_path)
+    (run_path / "snapshots" / "step-0000004.npz").write_bytes(b"not a zip")
+    assert main(["score", str(run_path), "-q"]) == 2
+    assert "step-0000004.npz is corrupt" in _one_line_error(capsys)
+    assert RunDir(run_path).stage_status("score") != "done"
