@@ -36,7 +36,7 @@ class ProbeModel(nn.Module):
         """uint8 (B, H, W, 3) -> normalised float32 (B, 3, image_size, image_size)."""
         pixels = images.permute(0, 3, 1, 2).float().div_(255.0)
         if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
         return (pixels - self.pixel_mean) / self.pixel_std
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,391 @@
+"""Checkpoint ingestion: a run directory from a folder of Hugging Face Trainer checkpoints.
+
+``ftviz embed --checkpoints DIR`` turns a model someone already fine-tuned into the same run
+directory ``ftviz run`` makes, so scores, projection, animation and Spotlight work unchanged:
+
+* frames: one snapshot per ``DIR/checkpoint-<step>`` subfolder, in step order (``DIR`` may
+  also be one checkpoint folder). The Trainer saves no checkpoint before the first update,
+  so there is a step-0 frame only if the folder holds a ``checkpoint-0`` (saved by hand);
+  the final model that ``trainer.save_model`` writes at the top of ``DIR`` is not a frame.
+* the probe set's embeddings and logits at each checkpoint, on the device, with the
+  checkpoint's own image-processor settings: its ``preprocessor_config.json``, else the one
+  at the top of ``DIR``, else the base model's (``--processor``), else ViT defaults;
+* ``metrics.parquet`` from the Trainer's ``log_history`` (the newest ``trainer_state.json``):
+  entries with ``loss`` become split "train", with ``eval_loss`` split "eval"; ftviz adds
+  split "probe" rows (loss and accuracy of the probe logits at every frame);
+* ``samples.parquet`` and ``probe_images.npy`` as the pipeline writes them.
+
+Label noise: ingestion defaults to ``data.noise_rate = 0`` because the model was trained on
+the dataset's own labels; a non-zero rate flips *probe* labels after the fact, which the
+model never saw, so label-issue detection is then easier than in a run ftviz trained.
+
+Models: ViT checkpoints use :class:`ftviz.models.vit.ViTProbe` (CLS token after the final
+layer norm); any other ``AutoModelForImageClassification`` with a linear ``classifier``
+(Swin, DeiT, ConvNeXt, ...) uses the classifier's input as the embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One ``checkpoint-<step>`` folder: its step, path and weights file."""
+
+    step: int
+    path: Path
+    weights: Path
+
+    @property
+    def sharded(self) -> bool:
+        return self.weights.name.endswith(".index.json")
+
+
+# ---- finding and reading the Trainer's output --------------------------------------------
+def find_checkpoints(folder: Path | str) -> list[Checkpoint]:
+    """The checkpoints under ``folder`` in step order; errors for any without weights."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FtvizError(f"no folder at {folder}: --checkpoints wants a Trainer output_dir with checkpoint-* folders")
+    found = []
+    for sub in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(sub.name)
+        if match and sub.is_dir():
+            found.append((int(match.group(1)), sub))
+    if not found and any((folder / name).is_file() for name in WEIGHT_FILES):
+        state = _read_state(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else {}
+        found = [(int(state.get("global_step", 0)), folder)]  # one checkpoint folder given directly
+    if not found:
+        raise FtvizError(
+            f"{folder} has no checkpoint-<step> folders; point --checkpoints at the Trainer's output_dir "
+            "(trained with save_strategy=\"steps\")"
+        )
+    checkpoints = []
+    for step, path in sorted(found):
+        weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+        if weights is None:
+            raise FtvizError(
+                f"{path} has no weights ({' or '.join(WEIGHT_FILES[:2])}); delete that folder or save it again"
+            )
+        if not (path / "config.json").is_file():
+            raise FtvizError(f"{path} has no config.json; it is not a transformers checkpoint")
+        checkpoints.append(Checkpoint(step, path, weights))
+    return checkpoints
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FtvizError(f"{path} is corrupt ({type(error).__name__}); delete it or copy it from another checkpoint") from None
+    if not isinstance(state, dict):
+        raise FtvizError(f"{path} is not a Trainer state (a JSON object)")
+    return state
+
+
+def trainer_states(folder: Path, checkpoints: list[Checkpoint]) -> dict[Path, dict]:
+    """Every ``trainer_state.json`` there is: the top folder's and each checkpoint's."""
+    paths = [folder / STATE_FILE] + [c.path / STATE_FILE for c in checkpoints]
+    return {path: _read_state(path) for path in dict.fromkeys(paths) if path.is_file()}
+
+
+def newest_log_history(states: dict[Path, dict]) -> tuple[list[dict], Path | None]:
+    """The ``log_history`` of the state with the highest ``global_step`` (it holds all earlier ones)."""
+    if not states:
+        return [], None
+    path, state = max(states.items(), key=lambda item: int(item[1].get("global_step", 0)))
+    history = state.get("log_history", [])
+    return (history if isinstance(history, list) else []), path
+
+
+def metrics_from_log_history(history: list[dict]) -> list[dict]:
+    """Rows for metrics.parquet: "loss" entries -> split "train", "eval_loss" -> split "eval".
+
+    The run summary entry (``train_loss``, ``train_runtime``) is not a curve point and is left out.
+    """
+    nan = float("nan")
+    rows = []
+    for entry in history:
+        if not isinstance(entry, dict) or "step" not in entry:
+            continue
+        common = {"step": int(entry["step"]), "epoch": float(entry.get("epoch", nan))}
+        if "loss" in entry:
+            rows.append({**common, "split": "train", "loss": float(entry["loss"]), "accuracy": nan,
+                         "true_accuracy": nan, "learning_rate": float(entry.get("learning_rate", nan))})
+        if "eval_loss" in entry:
+            rows.append({**common, "split": "eval", "loss": float(entry["eval_loss"]),
+                         "accuracy": float(entry.get("eval_accuracy", nan)), "true_accuracy": nan,
+                         "learning_rate": nan})
+    return rows
+
+
+def probe_metrics(logits: np.ndarray, given: np.ndarray, true: np.ndarray) -> dict:
+    """Cross-entropy against the given labels and accuracy against given and true labels."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    predicted = logits.argmax(1)
+    return {
+        "loss": float(-log_probs[np.arange(len(given)), given].mean()),
+        "accuracy": float((predicted == given).mean()),
+        "true_accuracy": float((predicted == true).mean()),
+    }
+
+
+# ---- models -----------------------------------------------------------------------------
+def read_model_config(checkpoint: Checkpoint):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint.path)
+    except Exception as error:
+        raise FtvizError(
+            f"{checkpoint.path}/config.json cannot be read ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0][:120]}); copy it from another checkpoint of the run"
+        ) from None
+
+
+def check_labels(model_config, class_names: list[str], dataset: str, where: Path, log) -> None:
+    """The head must have one output per class, in the dataset's order."""
+    num_labels = int(model_config.num_labels)
+    if num_labels != len(class_names):
+        raise FtvizError(
+            f"{where}'s classification head has {num_labels} outputs but {dataset} has {len(class_names)} "
+            "classes; give the dataset the model was fine-tuned on (--dataset, --data-path)"
+        )
+    names = [str(model_config.id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
+    if all(name == f"LABEL_{i}" for i, name in enumerate(names)) or names == list(class_names):
+        return
+    if sorted(names) == sorted(class_names):
+        raise FtvizError(
+            f"{where} orders its labels {names} but {dataset} orders them {list(class_names)}; "
+            "the labels would be misread: ingest with the dataset the model was trained on"
+        )
+    log(f"ftviz: note: {where.name} names its labels {names[:4]}..., the dataset {list(class_names)[:4]}...; "
+        "ftviz assumes the same order")
+
+
+def _classifier_probe(hf_model, settings):
+    """A ProbeModel for any image classifier with a linear ``classifier``: embedding = its input."""
+    from torch import nn
+
+    from ftviz.models.base import ProbeModel
+
+    head = getattr(hf_model, "classifier", None)
+    if not isinstance(head, nn.Linear):
+        raise FtvizError(
+            f"{type(hf_model).__name__} has no linear `classifier` head; ftviz ingests ViT, Swin and "
+            "other image classifiers whose head is one nn.Linear"
+        )
+
+    class HeadInputProbe(ProbeModel):
+        def __init__(self):
+            super().__init__(image_size=settings.size, mean=settings.mean, std=settings.std)
+            self.hf_model = hf_model
+            self.num_classes = head.out_features
+            self.embedding_dim = head.in_features
+            self._captured = None
+            head.register_forward_hook(self._capture)
+
+        def _capture(self, module, inputs, output):
+            self._captured = inputs[0]
+
+        def embed(self, pixel_values):
+            logits = self.hf_model(pixel_values=pixel_values).logits
+            embedding = self._captured.reshape(len(pixel_values), -1)
+            self._captured = None
+            return embedding, logits
+
+        def save_pretrained(self, directory) -> None:
+            self.hf_model.save_pretrained(directory)
+
+    return HeadInputProbe()
+
+
+def wrap_model(hf_model, settings):
+    """The ProbeModel for a loaded transformers image classifier."""
+    if hf_model.config.model_type == "vit" and hasattr(hf_model, "vit"):
+        from ftviz.models.vit import ViTProbe
+
+        return ViTProbe(hf_model, image_size=settings.size, mean=settings.mean, std=settings.std)
+    return _classifier_probe(hf_model, settings)
+
+
+def load_classifier(checkpoint: Checkpoint):
+    """``AutoModelForImageClassification.from_pretrained`` in float32, errors as one line."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from ftviz.models.hub import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            return AutoModelForImageClassification.from_pretrained(checkpoint.path, dtype=torch.float32)
+    except Exception as error:
+        raise FtvizError(
+            f"cannot load {checkpoint.path} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}); "
+            "delete that checkpoint folder or save it again"
+        ) from None
+
+
+# ---- the ingestion ----------------------------------------------------------------------
+def ingest_checkpoints(
+    checkpoints_dir: Path | str,
+    config,
+    *,
+    processor: str = "",
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+):
+    """Embed the probe set at every checkpoint of a Trainer output folder into a run directory.
+
+    Parameters
+    ----------
+    checkpoints_dir : the Trainer's ``output_dir`` (``checkpoint-*`` subfolders) or one checkpoint.
+    config : :class:`ftviz.config.ExperimentConfig`; ``data`` picks the probe set, ``name`` and
+        ``out_dir`` the run, ``train.device`` / ``train.embed_precision`` / ``train.eval_batch_size``
+        the forward passes. ``model.name`` and ``model.pretrained`` are set here to the
+        checkpoints' model type and folder.
+    processor : base model (hub id or folder) whose ``preprocessor_config.json`` applies when
+        neither a checkpoint nor ``checkpoints_dir`` has one.
+    force : replace an existing run of the same name (otherwise a finished run is refused and
+        an unfinished one with the same settings is resumed).
+
+    Returns
+    -------
+    The :class:`ftviz.rundir.RunDir` with stage "train" done.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from ftviz.data import load_splits
+    from ftviz.embed import probe_forward, resolve_device, resolve_precision
+    from ftviz.models.hub import load_processor_settings
+    from ftviz.pipeline import library_versions, prepare_run, write_samples
+    from ftviz.rundir import write_parquet
+
+    folder = Path(checkpoints_dir).expanduser()
+    # Everything that can be wrong with the input is checked before the run folder is touched.
+    checkpoints = find_checkpoints(folder)
+    states = trainer_states(folder, checkpoints)
+    history, history_path = newest_log_history(states)
+    model_config = read_model_config(checkpoints[0])
+    config.model.name = model_config.model_type  # what was ingested, recorded in run.json
+    config.model.pretrained = str(folder.resolve())
+    splits = load_splits(config.data, seed=config.seed)
+    check_labels(model_config, splits.class_names, config.data.dataset, checkpoints[0].path, log)
+    device = resolve_device(config.train.device)
+    dtype = resolve_precision(config.train.embed_precision, device, inference=True)
+
+    def settings_for(checkpoint: Checkpoint):
+        return load_processor_settings(
+            checkpoint.path, folder, processor, default_size=getattr(model_config, "image_size", 224)
+        )
+
+    first_settings = settings_for(checkpoints[0])
+    hf_model = load_classifier(checkpoints[0])
+    model = wrap_model(hf_model, first_settings)
+    run, resuming = prepare_run(config, force=force)
+    if not resuming:
+        run.create({
+            "name": config.name,
+            "config": config.to_dict(),
+            "versions": library_versions(),
+            "command": " ".join(sys.argv),
+            "seed": config.seed,
+            "dataset": {"name": config.data.dataset, "path": config.data.path,
+                        "num_classes": splits.num_classes, "class_names": splits.class_names,
+                        "train_size": len(splits.train), "image_shape": list(splits.probe.images.shape[1:])},
+            "model": {"name": config.model.name, "pretrained": str(folder.resolve()),
+                      "model_type": model_config.model_type,
+                      "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
+                      "parameters": sum(p.numel() for p in hf_model.parameters())},
+            "probe_size": len(splits.probe),
+            "noise_rate": config.data.noise_rate,
+            "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
+            "source": {
+                "kind": "hf_trainer_checkpoints",
+                "path": str(folder.resolve()),
+                "checkpoints": [c.path.name for c in checkpoints],
+                "trainer_state": str(history_path) if history_path else None,
+                "processor": {"origin": first_settings.origin, "size": first_settings.size,
+                              "mean": list(first_settings.mean), "std": list(first_settings.std)},
+                "base_processor": processor or None,
+            },
+        })
+    if resuming or not run.file("samples.parquet").is_file() or not run.file("probe_images.npy").is_file():
+        write_samples(run, splits)  # deterministic from config and seed: safe to write again
+
+    done = [int(s) for s in run.manifest().get("snapshot_steps", [])]
+    todo = [c for c in checkpoints if c.step not in done]
+    log(f"ftviz: {'resuming' if resuming else 'embedding'} {len(todo)} of {len(checkpoints)} checkpoints "
+        f"({model_config.model_type}, {len(splits.probe)} probe images, {first_settings.size} px, "
+        f"processor from {first_settings.origin}) -> {run.path}")
+    if history_path is None:
+        log(f"ftviz: note: no {STATE_FILE} in {folder}; the loss curve will show only the probe metrics")
+
+    probe_images = torch.from_numpy(splits.probe.images).to(device)
+    model.to(device)  # the first checkpoint's, loaded above to check it
+    run.mark_stage("train", "running", source="checkpoints", total_steps=checkpoints[-1].step)
+    bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)
+    try:
+        for checkpoint in bar:
+            # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
+            # checkpoint costs little and lets transformers convert legacy key names.
+            if checkpoint is not checkpoints[0]:
+                model = wrap_model(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
+                if model.num_classes != splits.num_classes:
+                    raise FtvizError(
+                        f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "
+                        f"{splits.num_classes}: the folder mixes runs; keep one run's checkpoints"
+                    )
+            embedding, logits = probe_forward(
+                model, probe_images, batch_size=config.train.eval_batch_size, dtype=dtype
+            )
+            if not np.isfinite(embedding).all():
+                raise FtvizError(f"the embeddings of {checkpoint.path} are not finite; is the checkpoint damaged?")
+            run.write_snapshot(checkpoint.step, embedding, logits)
+            done = sorted({*done, checkpoint.step})
+            run.update_manifest(snapshot_steps=done)
+    except BaseException as error:
+        run.mark_stage("train", "failed" if isinstance(error, Exception) else "interrupted",
+                       error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
+    finally:
+        bar.close()
+
+    rows = metrics_from_log_history(history)
+    learning_rates = {row["step"]: row["learning_rate"] for row in rows if row["split"] == "train"}
+    epochs = {c.step: float(states.get(c.path / STATE_FILE, {}).get("epoch", float("nan"))) for c in checkpoints}
+    for step in done:
+        _, logits = run.load_snapshot(step)
+        rows.append({"step": step, "epoch": epochs.get(step, float("nan")), "split": "probe",
+                     "learning_rate": learning_rates.get(step, float("nan")),
+                     **probe_metrics(logits, splits.probe.labels, splits.probe_true_labels)})
+    columns = ["step", "epoch", "split", "loss", "accuracy", "true_accuracy", "learning_rate"]
+    table = pd.DataFrame(rows, columns=columns).sort_values("step", kind="stable", ignore_index=True)
+    write_parquet(run.file("metrics.parquet"), table)
+    final = rows[-1] if rows else {}
+    run.mark_stage("train", "done", source="checkpoints", snapshots=len(done),
+                   total_steps=checkpoints[-1].step, final_true_accuracy=final.get("true_accuracy"))
+    return run
