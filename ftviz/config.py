@@ -56,6 +56,8 @@ class TrainConfig:
 class ScoreConfig:
     k: int = 10  # neighbours for the outlier score
     top: int = 8  # outliers shown per frame
+    method: str = "auto"  # auto | knn (blocked matmul, same values) | cleanlab (OutOfDistribution as is)
+    device: str = "auto"  # where the knn method runs: auto | cpu | cuda
 
 
 @dataclass
@@ -189,6 +191,7 @@ def validate(config: ExperimentConfig) -> None:
         (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
         (config.project.basis in ("per_frame", "shared"), "project.basis: per_frame or shared"),
         (config.score.k > 0, "score.k must be > 0"),
+        (config.score.method in ("auto", "knn", "cleanlab"), "score.method: auto, knn or cleanlab"),
         (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
     ]
     for ok, message in checks:

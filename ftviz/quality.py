@@ -26,28 +26,78 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def outlier_scores(embedding: np.ndarray, *, k: int = 10) -> np.ndarray:
+def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", device: str = "auto") -> np.ndarray:
     """Cleanlab's kNN outlier score of each row, flipped so higher = more atypical.
 
     Parameters
     ----------
     embedding : (N, D) features; N must exceed k.
+    method : "cleanlab" calls ``cleanlab.outlier.OutOfDistribution`` as is; "knn" computes the
+        same cosine k-nearest-neighbour distances with blocked matrix products (torch, on the GPU
+        when there is one) and hands them to Cleanlab's own distance-to-score transform; "auto"
+        takes "knn" where Cleanlab would use the cosine metric (D > 3), else "cleanlab".
+    device : for "knn": "auto" (cuda when available), "cpu" or "cuda".
 
     Returns
     -------
     (N,) float64 in [0, 1].
     """
-    from cleanlab.outlier import OutOfDistribution
-
     features = np.asarray(embedding, dtype=np.float32)
     if features.ndim != 2:
         raise ValueError(f"embedding must be (N, D), got shape {features.shape}")
     if len(features) <= k:
         raise FtvizError(f"the outlier score needs more than k={k} probe samples, got {len(features)}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scores = OutOfDistribution(params={"k": k}).fit_score(features=features, verbose=False)
+    if method not in ("auto", "knn", "cleanlab"):
+        raise ValueError(f"method must be 'auto', 'knn' or 'cleanlab', got {method!r}")
+    if method == "cleanlab" or (method == "auto" and features.shape[1] <= 3):
+        from cleanlab.outlier import OutOfDistribution
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = OutOfDistribution(params={"k": k}).fit_score(features=features, verbose=False)
+        return 1.0 - np.asarray(scores, dtype=np.float64)
+    from cleanlab.internal.outlier import correct_precision_errors, transform_distances_to_scores
+
+    distances = cosine_knn_distances(features, k=k, device=device)
+    average = distances.mean(axis=1)
+    # Cleanlab's defaults: t = 1 and the median average distance as the scale.
+    scale = float(max(np.median(average), 100 * np.finfo(np.float64).eps))
+    scores = transform_distances_to_scores(average, 1, scaling_factor=scale)
+    scores = correct_precision_errors(scores, average, "cosine")
     return 1.0 - np.asarray(scores, dtype=np.float64)
+
+
+def cosine_knn_distances(features: np.ndarray, *, k: int, device: str = "auto", block: int = 2048) -> np.ndarray:
+    """Cosine distances (1 - cos) from each row to its k nearest *other* rows, ascending.
+
+    Brute force, like scikit-learn's ``NearestNeighbors(metric="cosine")`` that Cleanlab uses,
+    but as blocked float32 matrix products with a top-k per block, so memory stays at
+    block x N and a GPU does it in milliseconds.
+
+    Parameters
+    ----------
+    features : (N, D) float32.
+
+    Returns
+    -------
+    (N, k) float64.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    X = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    norms = X.norm(dim=1, keepdim=True)
+    X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
+    out = torch.empty((len(X), k), dtype=torch.float64)
+    with torch.inference_mode():
+        for start in range(0, len(X), block):
+            similarity = X[start : start + block] @ X.T  # (B, N)
+            rows = torch.arange(similarity.shape[0], device=device)
+            similarity[rows, rows + start] = -torch.inf  # a point is not its own neighbour
+            top = similarity.topk(k, dim=1).values
+            out[start : start + block] = (1.0 - top.double()).clamp_(min=0.0).cpu()
+    return out.numpy()
 
 
 def label_scores(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +145,8 @@ def score_run(run, config=None, *, progress: bool = True) -> None:
 
     run.require("train")
     k = config.k if config is not None else 10
+    method = config.method if config is not None else "auto"
+    device = config.device if config is not None else "auto"
     samples = run.samples()
     labels = samples["given_label"].to_numpy()
     steps = run.snapshot_steps()
@@ -112,11 +164,11 @@ def score_run(run, config=None, *, progress: bool = True) -> None:
         tables.append(pd.DataFrame({
             "step": np.full(len(labels), step, dtype=np.int64),
             "id": samples["id"].to_numpy(),
-            "outlier_score": outlier_scores(embedding, k=k),
+            "outlier_score": outlier_scores(embedding, k=k, method=method, device=device),
             "label_quality": quality,
             "is_label_issue": issues,
             "predicted_label": probs.argmax(1).astype(np.int64),
             "confidence": probs.max(1),
         }))
     write_parquet(run.file("scores.parquet"), pd.concat(tables, ignore_index=True))
-    run.mark_stage("score", "done", k=k)
+    run.mark_stage("score", "done", k=k, method=method)

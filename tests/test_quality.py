@@ -46,3 +46,24 @@ def test_softmax_rows_sum_to_one():
     probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(probs.sum(1), 1.0)
     assert probs[0, 0] == 1.0
+
+
+def test_knn_method_gives_cleanlabs_values():
+    """The blocked-matmul path must reproduce Cleanlab's scores, duplicates included."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(5, 32))
+    features = (centres[rng.integers(0, 5, 600)] + rng.normal(scale=0.8, size=(600, 32))).astype(np.float32)
+    features[10] = features[11]  # an exact duplicate pair
+    cleanlab = outlier_scores(features, k=10, method="cleanlab")
+    fast = outlier_scores(features, k=10, method="knn")
+    np.testing.assert_allclose(fast, cleanlab, atol=1e-5)
+    assert set(np.argsort(-fast)[:8]) == set(np.argsort(-cleanlab)[:8])
+
+
+def test_knn_blocks_do_not_change_the_answer():
+    from ftviz.quality import cosine_knn_distances
+
+    features = np.random.default_rng(3).normal(size=(300, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        cosine_knn_distances(features, k=7, block=64), cosine_knn_distances(features, k=7, block=4096), atol=1e-6
+    )
