@@ -74,7 +74,6 @@ def main() -> None:
     else:
         arch = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16)
         n_probe, batch_article, batch_ours, train_batch = args.probe, 32, 1024, 256
-    flops_per_image = None
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n_probe, 32, 32, 3), dtype=np.uint8)
     rows = []
@@ -95,7 +94,6 @@ def main() -> None:
 
     seconds = timed(article_embed, device, repeat=1)
     rows.append(("embeddings, article (CPU processor, fp32, eager, batch 32)", count / seconds))
-    del article
 
     # -- ftviz: uint8 on the device, resize/normalise there, bf16 autocast, SDPA -----------------
     model = create_model("vit_base_patch16_224", num_classes=10, pretrained="none", **({} if not args.tiny else arch)).to(device)

@@ -11,19 +11,14 @@ from ftviz.errors import FtvizError
 
 def _run_config(run_path: str, overrides: list[str]):
     """The config a run was made with (from run.json), with ``--set`` overrides applied."""
-    from ftviz.config import ExperimentConfig, _apply, parse_override, validate
+    from ftviz.config import ExperimentConfig, _apply, apply_overrides, validate
     from ftviz.rundir import RunDir
 
     run = RunDir(run_path)
     manifest = run.manifest()
     config = ExperimentConfig()
     _apply(config, manifest.get("config", {}), "")
-    for text in overrides:
-        parts, value = parse_override(text)
-        nested = value
-        for part in reversed(parts):
-            nested = {part: nested}
-        _apply(config, nested, "")
+    apply_overrides(config, overrides)
     validate(config)
     return run, config
 

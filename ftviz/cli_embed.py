@@ -34,7 +34,7 @@ def embed_config(args):
 
     ``data.noise_rate`` defaults to 0 here: the model was trained on the dataset's own labels.
     """
-    from ftviz.config import ExperimentConfig, _apply, parse_override, validate
+    from ftviz.config import ExperimentConfig, _apply, apply_overrides, validate
 
     config = ExperimentConfig()
     name = args.name or Path(args.checkpoints).expanduser().resolve().name
@@ -45,12 +45,7 @@ def embed_config(args):
                  "probe_size": args.probe_size, "noise_rate": 0.0},
         "train": {"device": args.device},
     }, "")
-    for text in args.set:
-        parts, value = parse_override(text)
-        nested = value
-        for part in reversed(parts):
-            nested = {part: nested}
-        _apply(config, nested, "")
+    apply_overrides(config, args.set)
     validate(config)
     return config
 

@@ -70,10 +70,17 @@ class ProjectConfig:
 
 @dataclass
 class RenderConfig:
-    color_by: str = "label"
+    color_by: str = "label"  # label | prediction | outlier_score | label_issue | noise
     point_size: float = 5.0
-    frame_ms: int = 400
+    frame_ms: int = 400  # playback: time per snapshot (GIF/MP4 too)
     thumbnails: bool = True
+    transition_ms: int = 300  # eased move when jumping to a frame (slider, loss-curve click)
+    axes: str = "fixed"  # fixed (one range for all frames) | per_frame (each frame fills the plot)
+    thumbnail_size: int = 32  # longest thumbnail side in px; big probes get smaller ones
+    thumbnail_format: str = "auto"  # auto | png | jpeg (the sprite sheet)
+    video_width: int = 1280  # GIF/MP4 size in px
+    video_height: int = 720
+    video_tween: int = 3  # eased in-between images per transition in GIF/MP4
 
 
 @dataclass
@@ -167,14 +174,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(config, values, "")
         if "name" not in values:
             config.name = path.stem
-    for text in overrides or []:
+    apply_overrides(config, overrides or [])
+    validate(config)
+    return config
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> None:
+    """Apply ``--set key=value`` strings to ``config`` in place (strictly; validate after)."""
+    for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
         _apply(config, nested, "")
-    validate(config)
-    return config
 
 
 def validate(config: ExperimentConfig) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,7 +280,7 @@ def ingest_checkpoints(
     from ftviz.data import load_splits
     from ftviz.embed import probe_forward, resolve_device, resolve_precision
     from ftviz.models.hub import load_processor_settings
-    from ftviz.pipeline import library_versions, prepare_run, write_samples
+    from ftviz.pipeline import new_run_manifest, prepare_run, write_samples
     from ftviz.rundir import write_parquet
 
     folder = Path(checkpoints_dir).expanduser()
@@ -307,23 +306,9 @@ def ingest_checkpoints(
     model = wrap_model(hf_model, first_settings)
     run, resuming = prepare_run(config, force=force)
     if not resuming:
-        run.create({
-            "name": config.name,
-            "config": config.to_dict(),
-            "versions": library_versions(),
-            "command": " ".join(sys.argv),
-            "seed": config.seed,
-            "dataset": {"name": config.data.dataset, "path": config.data.path,
-                        "num_classes": splits.num_classes, "class_names": splits.class_names,
-                        "train_size": len(splits.train), "image_shape": list(splits.probe.images.shape[1:])},
-            "model": {"name": config.model.name, "pretrained": str(folder.resolve()),
-                      "model_type": model_config.model_type,
-                      "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
-                      "parameters": sum(p.numel() for p in hf_model.parameters())},
-            "probe_size": len(splits.probe),
-            "noise_rate": config.data.noise_rate,
-            "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
-            "source": {
+        manifest = new_run_manifest(
+            config, splits, model, hf_model=hf_model,
+            source={
                 "kind": "hf_trainer_checkpoints",
                 "path": str(folder.resolve()),
                 "checkpoints": [c.path.name for c in checkpoints],
@@ -332,7 +317,9 @@ def ingest_checkpoints(
                               "mean": list(first_settings.mean), "std": list(first_settings.std)},
                 "base_processor": processor or None,
             },
-        })
+        )
+        manifest["model"]["model_type"] = model_config.model_type
+        run.create(manifest)
     if resuming or not run.file("samples.parquet").is_file() or not run.file("probe_images.npy").is_file():
         write_samples(run, splits)  # deterministic from config and seed: safe to write again
 

@@ -70,6 +70,28 @@ def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
     return run, False
 
 
+def new_run_manifest(config, splits, model, *, hf_model=None, **extra) -> dict:
+    """The run.json fields every new run records; ``extra`` adds source-specific blocks."""
+    counted = hf_model if hf_model is not None else model
+    return {
+        "name": config.name,
+        "config": config.to_dict(),
+        "versions": library_versions(),
+        "command": " ".join(sys.argv),
+        "seed": config.seed,
+        "dataset": {"name": config.data.dataset, "path": config.data.path,
+                    "num_classes": splits.num_classes, "class_names": splits.class_names,
+                    "train_size": len(splits.train), "image_shape": list(splits.probe.images.shape[1:])},
+        "model": {"name": config.model.name, "pretrained": config.model.pretrained,
+                  "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
+                  "parameters": sum(p.numel() for p in counted.parameters())},
+        "probe_size": len(splits.probe),
+        "noise_rate": config.data.noise_rate,
+        "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
+        **extra,
+    }
+
+
 def run_experiment(config, *, force: bool = False, progress: bool = True, log=print) -> RunDir:
     """All stages for an experiment config; returns the run directory."""
     import torch
@@ -79,7 +101,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     from ftviz.train import train
 
     started = time.perf_counter()
-    run, resuming = prepare_run(config, force=force)
+    # Data and model first: bad input must fail before an existing run is touched (--force).
     splits = load_splits(config.data, seed=config.seed)
     torch.manual_seed(config.seed)
     model = create_model(
@@ -89,23 +111,9 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         pretrained=config.model.pretrained,
         **config.model.options,
     )
+    run, resuming = prepare_run(config, force=force)
     if not resuming:
-        run.create({
-            "name": config.name,
-            "config": config.to_dict(),
-            "versions": library_versions(),
-            "command": " ".join(sys.argv),
-            "seed": config.seed,
-            "dataset": {"name": config.data.dataset, "path": config.data.path,
-                        "num_classes": splits.num_classes, "class_names": splits.class_names,
-                        "train_size": len(splits.train), "image_shape": list(splits.probe.images.shape[1:])},
-            "model": {"name": config.model.name, "pretrained": config.model.pretrained,
-                      "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
-                      "parameters": sum(p.numel() for p in model.parameters())},
-            "probe_size": len(splits.probe),
-            "noise_rate": config.data.noise_rate,
-            "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
-        })
+        run.create(new_run_manifest(config, splits, model))
         write_samples(run, splits)
     log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "
         f"({len(splits.train)} train, {len(splits.probe)} probe) -> {run.path}")
