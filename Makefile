@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[hub,diffusion,spotlight,export,test]"
+	$(BIN)/pip install -q -e ".[hub,diffusion,spotlight,export,bench,test]"
 	touch $@
 
 # Debian's Chromium for the browser tests (a browser's download of itself fails offline).

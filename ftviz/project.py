@@ -67,10 +67,16 @@ class FrameProjector:
         else:
             for t in range(T):
                 mean, components, ratio = pca_basis(embeddings[t], self.n_components)
-                frames[t] = (embeddings[t].astype(np.float64) - mean) @ components
+                projected = (embeddings[t].astype(np.float64) - mean) @ components
+                # Each frame to unit RMS radius, as scipy's procrustes standardises (the article).
+                # Fitting a scale instead would shrink every frame by its correlation with the
+                # previous one, and chained over many frames the cloud collapses to a point.
+                rms = np.sqrt((projected**2).sum(axis=1).mean())
+                frames[t] = projected / max(rms, np.finfo(float).tiny)
                 self.explained_variance_[t] = ratio.sum()
-        # Shared-basis frames already live in one coordinate system: keep them unscaled.
-        aligned = align_sequence(frames, reference=self.reference, scaling=self.basis == "per_frame")
+        # Only rotations and reflections between frames: the sizes are set above (per frame)
+        # or are the real ones (shared basis).
+        aligned = align_sequence(frames, reference=self.reference, scaling=False)
         return aligned.astype(np.float32)
 
 

@@ -46,3 +46,13 @@ def test_knn_overlap_is_one_for_planar_data_and_low_for_noise():
 def test_bad_shapes():
     with pytest.raises(ValueError, match=r"\(T, N, D\)"):
         FrameProjector().fit_transform(np.zeros((5, 3)))
+
+
+def test_weakly_related_frames_do_not_shrink_over_a_long_sequence():
+    """Chained least-squares scaling would shrink each frame by its correlation with the last."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(300, 8)) * np.array([4, 2, 1, 1, 1, 1, 1, 1])
+    snapshots = np.stack([base + rng.normal(scale=3.0, size=base.shape) for _ in range(40)])
+    frames = FrameProjector().fit_transform(snapshots)
+    radius = np.sqrt((frames**2).sum(axis=2).mean(axis=1))
+    np.testing.assert_allclose(radius, 1.0, rtol=1e-5)

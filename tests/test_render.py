@@ -1,0 +1,320 @@
+"""The animation page and the GIF/MP4 export, on a real tiny run (tests/conftest.py).
+
+The page's binary format is decoded here the way its script decodes it, and compared with
+the run's own files; tests/test_browser.py checks the same page in Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from ftviz.config import RenderConfig
+from ftviz.errors import FtvizError, MissingStageError
+from ftviz.render import (
+    build_page,
+    encode_blob,
+    frame_fits,
+    load_animation_data,
+    quantise_coordinates,
+    quantise_unit,
+    render_run,
+    sprite_sheet,
+    video_positions,
+)
+from ftviz.rundir import RunDir
+
+SMALL_VIDEO = RenderConfig(video_width=400, video_height=240, video_tween=1, frame_ms=200)
+
+
+def script_text(page: str, element_id: str) -> str:
+    match = re.search(rf'<script type="[^"]+" id="{element_id}">(.*?)</script>', page, re.S)
+    assert match, f"no #{element_id} in the page"
+    return match.group(1)
+
+
+def decode_page(page: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) exactly as animation.js reads them."""
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    packed = base64.b64decode(script_text(page, "ftviz-points").strip())
+    arrays = {}
+    for d in meta["arrays"]:
+        planes = np.frombuffer(zlib.decompress(packed[d["offset"] : d["offset"] + d["bytes"]]), dtype=np.uint8)
+        assert len(planes) == d["raw_bytes"]
+        dtype = np.dtype(d["dtype"]).newbyteorder("<")
+        values = planes.reshape(dtype.itemsize, -1).T.copy().view(dtype)
+        if d["layout"] == "points":
+            values = values.reshape(d["shape"][::-1]).T
+        else:
+            values = values.reshape(d["shape"])
+        if d["layout"] == "delta":
+            zigzag = values[1:].astype(np.int64)
+            steps = (zigzag >> 1) ^ -(zigzag & 1)
+            values = np.concatenate([values[:1].astype(np.int64), steps]).cumsum(axis=0) % (1 << 8 * dtype.itemsize)
+            values = values.astype(dtype)
+        arrays[d["name"]] = values
+    return meta, arrays
+
+
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the shared tiny run, free to change."""
+    return RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+
+
+def test_pipeline_wrote_a_self_contained_page(tiny_run):
+    page_path = tiny_run.file("animation.html")
+    assert tiny_run.stage_status("render") == "done"
+    page = page_path.read_text()
+    assert "Plotly" in page and len(page) > 4_000_000  # plotly.js is inside, not linked
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', page), "external resource in the page"
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    manifest = tiny_run.manifest()
+    assert meta["title"] == f"{manifest['name']} — {manifest['model']['name']} on {manifest['dataset']['name']}"
+    assert f"<title>{html.escape(meta['title'])}</title>" in page
+
+
+def test_page_data_decodes_to_the_runs_files(tiny_run):
+    page = tiny_run.file("animation.html").read_text()
+    meta, arrays = decode_page(page)
+    frames = tiny_run.frames()
+    scores = tiny_run.scores().sort_values(["step", "id"])
+    samples = tiny_run.samples()
+    T, N = frames.shape[:2]
+    assert (meta["T"], meta["N"]) == (T, N)
+    assert meta["steps"] == tiny_run.projection()["step"].tolist()
+
+    coords = arrays["coords"].astype(np.float64)
+    origin, scale = np.asarray(meta["axes"]["origin"]), np.asarray(meta["axes"]["scale"])  # (T, 2)
+    decoded = origin[:, None, :] + coords * scale[:, None, :]
+    # Half a step of each frame's own grid (plus float32 rounding of frames.npy).
+    assert (np.abs(decoded - frames) <= scale[:, None, :] * 0.5001 + 1e-6 * np.abs(frames)).all()
+    extent = frames.max(axis=1) - frames.min(axis=1)
+    np.testing.assert_allclose(scale, extent / (2**14 - 1), rtol=1e-6)
+
+    outlier = scores["outlier_score"].to_numpy().reshape(T, N)
+    low, high = meta["outlierRange"]
+    decoded = low + arrays["outlier"] * (high - low) / 254
+    assert np.abs(decoded - outlier).max() <= (high - low) / 254
+    low, high = meta["qualityRange"]
+    quality = scores["label_quality"].to_numpy().reshape(T, N)
+    assert np.abs(low + arrays["quality"] * (high - low) / 254 - quality).max() <= (high - low) / 254
+    np.testing.assert_array_equal(arrays["predicted"], scores["predicted_label"].to_numpy().reshape(T, N))
+    np.testing.assert_array_equal(arrays["issue"], scores["is_label_issue"].to_numpy().reshape(T, N))
+    np.testing.assert_array_equal(arrays["given"], samples["given_label"].to_numpy())
+    np.testing.assert_array_equal(arrays["noisy"], samples["is_noisy"].to_numpy())
+
+    # The top outliers of each frame are that frame's highest outlier scores.
+    top = np.array(meta["top"])
+    assert top.shape == (T, tiny_run.manifest()["config"]["score"]["top"])
+    for t in range(T):
+        threshold = np.sort(outlier[t])[-top.shape[1]]
+        assert (outlier[t, top[t]] >= threshold).all()
+        assert list(outlier[t, top[t]]) == sorted(outlier[t, top[t]], reverse=True)
+
+    # Metrics and diagnostics travel as they are in the run.
+    metrics = tiny_run.metrics()
+    evaluation = metrics[metrics["split"] == "eval"].sort_values("step")
+    assert meta["metrics"]["eval"]["step"] == evaluation["step"].tolist()
+    np.testing.assert_allclose(meta["metrics"]["eval"]["loss"], evaluation["loss"], rtol=1e-9)
+    projection = tiny_run.projection()
+    assert meta["diagnostics"]["disparity"][0] is None  # the first frame has no previous one
+    np.testing.assert_allclose(meta["diagnostics"]["knn_overlap"], projection["knn_overlap"], atol=1e-6)
+
+
+def test_size_budget_per_point_and_frame(tiny_run):
+    data = load_animation_data(tiny_run)
+    _, sizes = build_page(data)
+    # Coordinates: uint16 x and y, deflated, then base64: never above 4 * 4/3 bytes.
+    assert sizes["coordinate_bytes_per_point_frame"] <= 6
+    assert sizes["total"] == sizes["plotlyjs"] + sizes["points"] + sizes["thumbnails"] + sizes["generated"] + sizes["other"]
+    assert sizes["thumbnails"] > 0
+
+
+def test_encode_blob_round_trips_every_layout():
+    rng = np.random.default_rng(0)
+    falling = np.array([[65535, 0], [0, 65535], [40000, 3], [39999, 4]], dtype=np.uint16)  # differences wrap
+    scores = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    labels = rng.integers(0, 3, (5, 7), dtype=np.uint8)
+    blob, descriptors = encode_blob([("falling", falling, "delta"), ("scores", scores, "delta"),
+                                     ("labels", labels, "points"), ("one", scores[:1], "delta")])
+    page = ('<script type="application/json" id="ftviz-meta">' + json.dumps({"arrays": descriptors})
+            + '</script><script type="application/octet-stream" id="ftviz-points">'
+            + base64.b64encode(blob).decode() + "</script>")
+    _, arrays = decode_page(page)
+    np.testing.assert_array_equal(arrays["falling"], falling)
+    np.testing.assert_array_equal(arrays["scores"], scores)
+    np.testing.assert_array_equal(arrays["labels"], labels)
+    np.testing.assert_array_equal(arrays["one"], scores[:1])
+    assert [d["layout"] for d in descriptors] == ["delta", "delta", "points", "plain"]
+    with pytest.raises(ValueError, match="unsigned"):
+        encode_blob([("x", np.zeros(3, np.float32), "plain")])
+
+
+def test_quantisers_bound_their_error():
+    rng = np.random.default_rng(1)
+    frames = rng.normal(size=(5, 300, 2)) * [3.0, 0.01]
+    frames[3] *= 1e-4  # a frame far smaller than the others keeps its precision
+    codes, axes = quantise_coordinates(frames)
+    assert codes.dtype == np.uint16 and codes.min() == 0 and codes.max() == 2**14 - 1
+    origin, scale = np.asarray(axes["origin"]), np.asarray(axes["scale"])
+    back = origin[:, None, :] + codes * scale[:, None, :]
+    assert (np.abs(back - frames) <= scale[:, None, :] / 2 + 1e-15).all()
+    extent = frames[3].max(0) - frames[3].min(0)
+    assert (np.abs(back[3] - frames[3]) <= extent / 2**14).all()
+    (x0, x1), (y0, y1) = axes["range"]
+    assert x0 < frames[..., 0].min() and x1 > frames[..., 0].max() and y0 < frames[..., 1].min()
+    codes16, _ = quantise_coordinates(frames, bits=16)
+    assert codes16.max() == 65535
+
+    values = np.array([[0.2, np.nan, 0.7], [0.45, 0.2, 0.7]])
+    unit, (low, high) = quantise_unit(values)
+    assert (low, high) == (0.2, 0.7)
+    assert unit[0, 1] == 255 and unit[0, 0] == 0 and unit[0, 2] == 254 and unit[1, 0] == 127
+
+
+def test_frame_fits_make_every_frame_fill_the_plot():
+    rng = np.random.default_rng(2)
+    cloud = rng.normal(size=(400, 2))
+    frames = np.stack([cloud * 0.01 + 5, cloud * 10 - 3])  # a tiny and a huge copy
+    fit = frame_fits(frames)
+    fitted = [(frames[t] - fit["centre"][t]) / fit["scale"][t] for t in range(2)]
+    np.testing.assert_allclose(fitted[0], fitted[1], atol=1e-9)
+    assert np.mean(np.abs(fitted[0]).max(axis=1) <= 1) == pytest.approx(0.99, abs=0.01)
+
+
+def test_sprite_sheet_holds_every_thumbnail_where_the_page_crops_it():
+    from io import BytesIO
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 255, (7, 12, 20, 3), dtype=np.uint8)
+    data, info = sprite_sheet(images, max_size=32, image_format="png")
+    sheet = np.asarray(Image.open(BytesIO(data)).convert("RGB"))
+    assert (info["width"], info["height"], info["count"]) == (20, 12, 7)
+    for index, image in enumerate(images):
+        row, column = divmod(index, info["columns"])
+        tile = sheet[row * info["cell"] : row * info["cell"] + 12, column * info["cell"] : column * info["cell"] + 20]
+        np.testing.assert_array_equal(tile, image)
+
+    # A big probe gets smaller thumbnails, within the pixel budget.
+    many = rng.integers(0, 255, (400, 32, 32, 3), dtype=np.uint8)
+    _, info = sprite_sheet(many, max_size=32, budget_pixels=400 * 16 * 16)
+    assert info["width"] == 16 and info["height"] == 16
+    with pytest.raises(FtvizError, match="thumbnail_format"):
+        sprite_sheet(images, image_format="webp")
+
+
+def test_generated_images_are_embedded_for_their_frames(run_copy):
+    from PIL import Image
+
+    steps = run_copy.projection()["step"].tolist()
+    folder = run_copy.path / "generated"
+    folder.mkdir()
+    for step in steps[1::2]:
+        Image.new("RGB", (40, 20), (step % 255, 10, 200)).save(folder / f"step-{step:07d}.png")
+    path = render_run(run_copy)
+    generated = json.loads(script_text(path.read_text(), "ftviz-generated"))
+    assert sorted(int(k) for k in generated) == list(range(1, len(steps), 2))
+    first = base64.b64decode(generated["1"].split(",", 1)[1])
+    assert first == (folder / f"step-{steps[1]:07d}.png").read_bytes()
+
+
+def test_render_needs_the_project_stage(run_copy):
+    run_copy.mark_stage("project", "pending")
+    with pytest.raises(MissingStageError, match="ftviz project"):
+        render_run(run_copy)
+
+
+def test_bad_settings_are_user_errors(run_copy, tmp_path):
+    with pytest.raises(FtvizError, match="color_by"):
+        render_run(run_copy, RenderConfig(color_by="rainbow"))
+    with pytest.raises(FtvizError, match="axes"):
+        render_run(run_copy, RenderConfig(axes="log"))
+    with pytest.raises(FtvizError, match="--format"):
+        render_run(run_copy, output_format="avi")
+    with pytest.raises(FtvizError, match="is a folder"):
+        render_run(run_copy, out=tmp_path)
+
+
+def test_inconsistent_frames_are_reported(run_copy):
+    from ftviz.rundir import write_npy
+
+    frames = run_copy.frames()
+    write_npy(run_copy.file("frames.npy"), frames[:, :-1])
+    with pytest.raises(FtvizError, match="samples.parquet"):
+        render_run(run_copy)
+
+
+def test_out_elsewhere_leaves_the_stage_alone(run_copy, tmp_path):
+    run_copy.mark_stage("render", "pending")
+    path = render_run(run_copy, RenderConfig(color_by="outlier_score", axes="per_frame"), out=tmp_path / "x.html")
+    assert path.is_file() and run_copy.stage_status("render") == "pending"
+    meta = json.loads(script_text(path.read_text(), "ftviz-meta"))
+    assert meta["colorBy"] == "outlier_score" and meta["axesMode"] == "per_frame"
+
+
+def test_gif_has_every_frame_and_tween(run_copy, tmp_path):
+    from PIL import Image
+
+    path = render_run(run_copy, SMALL_VIDEO, output_format="gif", out=tmp_path / "a.gif")
+    T = run_copy.frames().shape[0]
+    images = len(video_positions(T, SMALL_VIDEO.video_tween))
+    step_ms = SMALL_VIDEO.frame_ms / (SMALL_VIDEO.video_tween + 1)
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.size == (400, 240)
+        assert gif.info.get("loop") == 0
+        first = np.asarray(gif.convert("RGB"))
+        durations = []
+        for index in range(gif.n_frames):  # Pillow merges identical neighbours, adding durations
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+        last = np.asarray(gif.convert("RGB"))
+    assert T <= len(durations) <= images
+    assert sum(durations) == pytest.approx(images * step_ms + 3 * SMALL_VIDEO.frame_ms, abs=10)
+    assert (first != last).any(axis=2).mean() > 0.001  # the points moved
+    assert first.std() > 10  # not a blank image
+
+
+def test_video_positions_ease_between_frames():
+    assert video_positions(3, 1) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert video_positions(1, 3) == [0.0]
+
+
+def test_mp4_through_imageio_ffmpeg(run_copy, tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="pip install imageio-ffmpeg for MP4 export")
+    path = render_run(run_copy, SMALL_VIDEO, output_format="mp4", out=tmp_path / "a.mp4")
+    assert path.read_bytes()[4:8] == b"ftyp"
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+    T = run_copy.frames().shape[0]
+    fps = 1000 / (SMALL_VIDEO.frame_ms / (SMALL_VIDEO.video_tween + 1))
+    assert frames == len(video_positions(T, SMALL_VIDEO.video_tween)) + round(3 * SMALL_VIDEO.frame_ms / 1000 * fps)
+    assert seconds == pytest.approx(frames / fps, abs=0.1)
+
+
+def test_mp4_without_imageio_ffmpeg_says_what_to_install(run_copy, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
+    with pytest.raises(FtvizError, match="pip install imageio-ffmpeg"):
+        render_run(run_copy, output_format="mp4", out=tmp_path / "a.mp4")
+    assert not (tmp_path / "a.mp4").exists()
+
+
+def test_cli_render(run_copy, tmp_path, capsys):
+    from ftviz.cli import main
+
+    out = tmp_path / "slides.gif"
+    assert main(["render", str(run_copy.path), "--format", "gif", "--out", str(out),
+                 "--set", "render.video_width=320", "--set", "render.video_height=240",
+                 "--set", "render.video_tween=0"]) == 0
+    assert out.is_file() and "slides.gif" in capsys.readouterr().out
+    assert main(["render", str(run_copy.path), "--set", "render.color_by=rainbow"]) == 2
+    assert "color_by" in capsys.readouterr().err
