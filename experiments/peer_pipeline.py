@@ -77,7 +77,8 @@ def main() -> None:
         model=ViTForImageClassification(config),
         args=TrainingArguments(
             output_dir=args.out, per_device_train_batch_size=args.batch_size,
-            num_train_epochs=args.epochs, learning_rate=args.lr, warmup_ratio=0.1,
+            num_train_epochs=args.epochs, learning_rate=args.lr,
+            warmup_steps=max(1, int(0.1 * args.epochs * (len(labels) // args.batch_size))),
             save_strategy="steps", save_steps=args.save_steps, logging_steps=args.save_steps,
             report_to=[], use_cpu=True, dataloader_drop_last=True, seed=0,
         ),
