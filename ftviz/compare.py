@@ -1,0 +1,595 @@
+"""Several runs side by side on the same probe samples: alignment, metrics and one page.
+
+Runs are matched by *training progress* (snapshot step / the run's total steps), so a run of
+100 steps and one of 168 line up at 0 %, 50 % and 100 %. The progress grid is the snapshot
+progress of the run with the most snapshots; every other run shows, at each grid point, its
+snapshot nearest in progress (its own step and progress are in the table).
+
+Per grid frame and run, :func:`compare_runs` computes
+
+``knn_accuracy``
+    Leave-one-out k-nearest-neighbour accuracy of the embedding against the *true* labels,
+    cosine similarity, k = 10, majority vote (ties go to the smallest label).
+``silhouette``
+    Silhouette score of the *full embedding* (not the 2-D frame, which PCA distorts) with
+    the true labels as clusters, cosine distance, on at most 2,000 samples (fixed seed).
+``label_issue_auroc``
+    How well ``1 - label_quality`` (Cleanlab, from ``scores.parquet``) ranks the samples
+    whose labels were flipped on purpose above the others (sklearn ``roc_auc_score``);
+    NaN when the run has no injected noise.
+``cka_<run>``
+    Linear CKA between this run's embedding and the other run's embedding at the same
+    progress (1 = the same geometry up to rotation and isotropic scale).
+
+and writes ``compare.html`` (self-contained: plotly.js embedded), ``compare.parquet`` and
+``compare.csv`` to the output folder.
+
+Frames: each run's ``frames.npy`` is already aligned within itself (the project stage). With
+``align_to``, every run's frame is also moved onto the reference run's frame at the same
+progress with :func:`ftviz.align.align` (rotation, reflection, isotropic scale, shift), so
+the panels share one coordinate system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+
+KNN_K = 10
+SILHOUETTE_SAMPLE = 2000
+_RUN_COLOURS = ("#1f3b73", "#c0392b", "#1e8449", "#7d3c98", "#d35400", "#117a65", "#7f8c8d", "#b7950b")
+_CLASS_COLOURS = (
+    "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD",
+    "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF",
+)
+
+
+# ---- metrics -----------------------------------------------------------------------------
+def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, *, k: int = KNN_K, chunk: int = 2048) -> float:
+    """Leave-one-out kNN accuracy with cosine similarity.
+
+    Parameters
+    ----------
+    embedding : (N, D) features.
+    labels : (N,) int labels (the truth to predict).
+    k : neighbours, each sample's own row excluded; ties in the vote go to the smallest label.
+
+    Returns
+    -------
+    float in [0, 1].
+    """
+    features = np.asarray(embedding, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(features)
+    if features.ndim != 2 or len(labels) != n:
+        raise ValueError(f"embedding (N, D) and labels (N,) disagree: {features.shape} vs {labels.shape}")
+    if n <= k:
+        raise FtvizError(f"kNN accuracy with k={k} needs more than {k} samples, got {n}")
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    features = features / np.maximum(norms, np.finfo(np.float32).tiny)
+    num_labels = int(labels.max()) + 1
+    correct = 0
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(n, start + chunk))
+        similarity = features[rows] @ features.T  # (rows, N)
+        similarity[np.arange(len(rows)), rows] = -np.inf  # leave the sample itself out
+        neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        votes = np.zeros((len(rows), num_labels), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(len(rows)), k), labels[neighbours].ravel()), 1)
+        correct += int((votes.argmax(axis=1) == labels[rows]).sum())
+    return correct / n
+
+
+def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+    """Linear centred kernel alignment of two representations of the same N samples.
+
+    ``||B_c^T A_c||_F^2 / (||A_c^T A_c||_F ||B_c^T B_c||_F)`` with column-centred A, B
+    (Kornblith et al., 2019). 1 when B is A rotated, reflected, scaled or shifted; the widths
+    may differ.
+
+    Parameters
+    ----------
+    a : (N, D1); b : (N, D2).
+
+    Returns
+    -------
+    float in [0, 1]; NaN when either representation is constant.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b):
+        raise ValueError(f"CKA needs (N, D1) and (N, D2) with the same N, got {a.shape} and {b.shape}")
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    cross = np.linalg.norm(b.T @ a) ** 2
+    norm = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
+    if norm == 0.0:
+        return float("nan")
+    return float(cross / norm)
+
+
+def silhouette(embedding: np.ndarray, labels: np.ndarray, *, sample: int = SILHOUETTE_SAMPLE, seed: int = 0) -> float:
+    """Silhouette score of ``embedding`` (N, D) with ``labels`` as clusters, cosine distance.
+
+    At most ``sample`` rows are used (a fixed random subset, as sklearn's ``sample_size``);
+    NaN when fewer than two labels are present.
+    """
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(labels):
+        return float("nan")
+    features = np.asarray(embedding, dtype=np.float32)
+    size = sample if len(features) > sample else None
+    return float(silhouette_score(features, labels, metric="cosine", sample_size=size, random_state=seed))
+
+
+def label_issue_auroc(label_quality: np.ndarray, is_noisy: np.ndarray) -> float:
+    """AUROC of ``1 - label_quality`` as a detector of the injected noise ``is_noisy``.
+
+    NaN when no label (or every label) was flipped: there is nothing to detect.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    if is_noisy.all() or not is_noisy.any():
+        return float("nan")
+    return float(roc_auc_score(is_noisy, 1.0 - np.asarray(label_quality, dtype=np.float64)))
+
+
+# ---- runs --------------------------------------------------------------------------------
+@dataclass
+class ComparedRun:
+    """One run as the comparison sees it.
+
+    Attributes
+    ----------
+    label : short unique name (the folder name; parent/name when two folders share one).
+    steps : (T,) snapshot steps; progress : (T,) steps / total steps, in [0, 1].
+    frames : (T, N, 2) the run's own aligned 2-D frames.
+    """
+
+    label: str
+    run: object
+    model: str
+    steps: np.ndarray
+    progress: np.ndarray
+    frames: np.ndarray
+    samples: object
+    scores: object
+    _embeddings: dict = field(default_factory=dict, repr=False)
+
+    def embedding(self, index: int) -> np.ndarray:
+        """(N, D) float32 embedding of snapshot ``index`` (cached)."""
+        if index not in self._embeddings:
+            embedding, _ = self.run.load_snapshot(int(self.steps[index]))
+            self._embeddings[index] = embedding.astype(np.float32)
+        return self._embeddings[index]
+
+    def label_quality(self, index: int) -> np.ndarray:
+        """(N,) Cleanlab label quality at snapshot ``index``, in sample-id order."""
+        step = int(self.steps[index])
+        rows = self.scores[self.scores["step"] == step].sort_values("id")
+        if len(rows) != len(self.samples):
+            raise FtvizError(
+                f"{self.run.path}: scores.parquet has {len(rows)} rows for step {step}, expected "
+                f"{len(self.samples)}; rerun `ftviz score {self.run.path}`"
+            )
+        return rows["label_quality"].to_numpy()
+
+
+def load_run(path, label: str) -> ComparedRun:
+    """Read what the comparison needs from one run; errors name the missing stage."""
+    from ftviz.rundir import RunDir
+
+    run = RunDir(path)
+    manifest = run.manifest()
+    run.require("train")
+    run.require("score")
+    run.require("project")
+    steps = np.asarray(run.snapshot_steps(), dtype=np.int64)
+    frames = run.frames()
+    if frames.ndim != 3 or len(frames) != len(steps):
+        raise FtvizError(
+            f"{run.path}: frames.npy has shape {frames.shape} for {len(steps)} snapshots; "
+            f"rerun `ftviz project {run.path}`"
+        )
+    total = manifest.get("stages", {}).get("train", {}).get("total_steps") or int(steps.max())
+    progress = steps / total if total > 0 else np.zeros(len(steps))
+    return ComparedRun(
+        label=label,
+        run=run,
+        model=manifest.get("model", {}).get("name", "?"),
+        steps=steps,
+        progress=np.asarray(progress, dtype=np.float64),
+        frames=frames,
+        samples=run.samples().sort_values("id").reset_index(drop=True),
+        scores=run.scores()[["step", "id", "label_quality"]],
+    )
+
+
+def run_labels(paths) -> list[str]:
+    """Folder names, lengthened with parent folders where two runs share one.
+
+    >>> run_labels(["x/runs/vit", "y/runs/vit", "x/runs/swin"])
+    ['x/runs/vit', 'y/runs/vit', 'swin']
+    """
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashes = [
+            i for i, label in enumerate(labels)
+            if depth[i] < len(parts[i])
+            and any(other == label and parts[j] != parts[i] for j, other in enumerate(labels))
+        ]
+        if not clashes:
+            break
+        for i in clashes:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):  # the same folder given twice
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label}#{seen[label]}"
+    return labels
+
+
+def check_same_probe(runs: list[ComparedRun]) -> None:
+    """Error unless every run has the first run's probe: same sample ids and true labels."""
+    first = runs[0]
+    ids, true = first.samples["id"].to_numpy(), first.samples["true_label"].to_numpy()
+    for other in runs[1:]:
+        other_ids, other_true = other.samples["id"].to_numpy(), other.samples["true_label"].to_numpy()
+        if len(other_ids) != len(ids):
+            reason = f"{len(ids)} vs {len(other_ids)} samples"
+        elif (other_ids != ids).any():
+            reason = "their sample ids differ"
+        elif (other_true != true).any():
+            reason = f"true labels differ at {int((other_true != true).sum())} samples"
+        else:
+            continue
+        raise FtvizError(
+            f"{first.run.path} and {other.run.path} have different probe sets ({reason}); "
+            "compare runs made with the same [data] settings and seed"
+        )
+
+
+def progress_grid(progress: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The shared slider positions and, per run, the snapshot shown at each.
+
+    Parameters
+    ----------
+    progress : R arrays of shape (T_r,), each run's snapshot progress in [0, 1], ascending.
+
+    Returns
+    -------
+    grid : (G,) the progress of the run with the most snapshots (the first such run).
+    indices : (R, G) int, ``indices[r, g]`` = the snapshot of run r nearest to ``grid[g]``
+        (the earlier one on a tie).
+    """
+    if not progress or any(len(p) == 0 for p in progress):
+        raise FtvizError("every run needs at least one snapshot to compare")
+    grid = np.asarray(progress[int(np.argmax([len(p) for p in progress]))], dtype=np.float64)
+    indices = np.stack([np.abs(np.asarray(p)[None, :] - grid[:, None]).argmin(axis=1) for p in progress])
+    return grid, indices
+
+
+def aligned_frames(runs: list[ComparedRun], indices: np.ndarray, reference: int | None) -> list[np.ndarray]:
+    """Per run, (G, N, 2) frames on the grid; moved onto run ``reference`` when given."""
+    from ftviz.align import align
+
+    frames = [run.frames[indices[r]].astype(np.float64) for r, run in enumerate(runs)]
+    if reference is None:
+        return frames
+    target = frames[reference]
+    for r in range(len(runs)):
+        if r != reference:
+            frames[r] = np.stack([align(frames[r][g], target[g]) for g in range(len(target))])
+    return frames
+
+
+def display_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Each (G, N, 2) frame centred and scaled to unit root-mean-square radius, for display.
+
+    A frame's scale in PCA units is arbitrary (and differs between models), its shape is
+    what the page compares; so every panel shows every frame at the same size.
+    """
+    shown = []
+    for run_frames in frames:
+        centred = run_frames - np.nanmean(run_frames, axis=1, keepdims=True)
+        radius = np.sqrt(np.nanmean((centred**2).sum(axis=2), axis=1))[:, None, None]
+        shown.append(centred / np.where(radius > 0, radius, 1.0))
+    return shown
+
+
+def compare_table(runs: list[ComparedRun], grid: np.ndarray, indices: np.ndarray, *, k: int = KNN_K):
+    """One row per (grid frame, run): the metrics of the module docstring.
+
+    Columns: frame, progress, run, model, step, run_progress, knn_accuracy, silhouette,
+    label_issue_auroc, and ``cka_<label>`` for every run (1 against itself).
+    """
+    import pandas as pd
+
+    true = runs[0].samples["true_label"].to_numpy()
+    per_snapshot: dict[tuple[int, int], dict] = {}
+    for r, run in enumerate(runs):
+        noisy = run.samples["is_noisy"].to_numpy()
+        for index in np.unique(indices[r]):
+            embedding = run.embedding(int(index))
+            per_snapshot[r, int(index)] = {
+                "knn_accuracy": knn_accuracy(embedding, true, k=k),
+                "silhouette": silhouette(embedding, true),
+                "label_issue_auroc": label_issue_auroc(run.label_quality(int(index)), noisy),
+            }
+    cka_cache: dict[tuple, float] = {}
+    rows = []
+    for g, position in enumerate(grid):
+        for r, run in enumerate(runs):
+            index = int(indices[r, g])
+            row = {
+                "frame": g,
+                "progress": float(position),
+                "run": run.label,
+                "model": run.model,
+                "step": int(run.steps[index]),
+                "run_progress": float(run.progress[index]),
+                **per_snapshot[r, index],
+            }
+            for o, other in enumerate(runs):
+                other_index = int(indices[o, g])
+                key = tuple(sorted([(r, index), (o, other_index)]))
+                if key not in cka_cache:
+                    cka_cache[key] = 1.0 if key[0] == key[1] else linear_cka(
+                        run.embedding(index), other.embedding(other_index)
+                    )
+                row[f"cka_{other.label}"] = cka_cache[key]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---- the page ----------------------------------------------------------------------------
+def _format(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid: np.ndarray, *, reference: int | None):
+    """The plotly figure: scatter panels, metric curves, the per-snapshot table, one slider."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    R = len(runs)
+    samples = runs[0].samples
+    true = samples["true_label"].to_numpy()
+    class_names = samples.drop_duplicates("true_label").set_index("true_label")["true_class_name"].to_dict()
+    classes = sorted(class_names)
+    charts = [
+        ("knn_accuracy", f"kNN accuracy (k={KNN_K}, cosine, true labels)"),
+        ("silhouette", "silhouette (cosine, true labels)"),
+        ("label_issue_auroc", "label-issue AUROC (1 − label quality)"),
+        ("cka", "linear CKA between runs"),
+    ]
+    width = 4 * R  # grid columns: each panel spans 4, each chart spans R
+    specs = [
+        ([{"type": "xy", "colspan": 4}] + [None] * 3) * R,
+        ([{"type": "xy", "colspan": R}] + [None] * (R - 1)) * 4,
+        [{"type": "table", "colspan": width}] + [None] * (width - 1),
+    ]
+    panel_titles = [f"<b>{run.label}</b> · {run.model}" for run in runs]
+    # Heights in pixels: scatter panels, metric charts, the table (a header and R rows).
+    heights = [460, 250, 28 * (R + 1) + 10]
+    gaps = [90, 70]
+    total = sum(heights) + sum(gaps)
+    figure = make_subplots(
+        rows=3, cols=width, specs=specs, row_heights=[h / sum(heights) for h in heights],
+        vertical_spacing=sum(gaps) / 2 / total, horizontal_spacing=min(0.045, 0.5 / (width - 1)),
+        subplot_titles=panel_titles + [title for _, title in charts] + [""],
+    )
+
+    # Row 1: one panel per run, one trace per class (legend toggles a class in every panel)
+    # and one for the samples whose labels were flipped on purpose.
+    scatter_traces, masks = [], []
+    noisy_any = np.zeros(len(true), dtype=bool)
+    for run in runs:
+        noisy_any |= run.samples["is_noisy"].to_numpy()
+    for c in classes:
+        masks.append(((true == c) & ~noisy_any, dict(name=f"{class_names[c]}", legendgroup=f"class{c}",
+                      marker=dict(color=_CLASS_COLOURS[c % len(_CLASS_COLOURS)], size=5, opacity=0.75))))
+    if noisy_any.any():
+        flipped_colours = [_CLASS_COLOURS[c % len(_CLASS_COLOURS)] for c in true[noisy_any]]
+        masks.append((noisy_any, dict(name="label flipped (×, true-class colour)", legendgroup="flipped",
+                      marker=dict(color=flipped_colours, size=7, symbol="x", line=dict(width=0)))))
+    given = samples["given_label"].to_numpy()
+    for r, run in enumerate(runs):
+        for mask, style in masks:
+            ids = np.flatnonzero(mask)
+            customdata = np.stack([ids, given[ids], true[ids]], axis=1)
+            trace = go.Scattergl(
+                x=frames[r][0, ids, 0], y=frames[r][0, ids, 1], mode="markers", customdata=customdata,
+                hovertemplate="id %{customdata[0]}<br>given label %{customdata[1]} · true %{customdata[2]}<extra></extra>",
+                showlegend=r == 0, **style,
+            )
+            figure.add_trace(trace, row=1, col=4 * r + 1)
+            scatter_traces.append((len(figure.data) - 1, r, ids))
+
+    # Row 2: metric curves over progress, one line per run (CKA: one per pair).
+    percent = 100.0 * grid
+    for chart, (metric, _) in enumerate(charts):
+        col = chart * R + 1
+        if metric == "cka":
+            for a in range(R):
+                for b in range(a + 1, R):
+                    values = table[table["run"] == runs[a].label][f"cka_{runs[b].label}"].to_numpy()
+                    figure.add_trace(go.Scatter(
+                        x=percent, y=values, mode="lines", name=f"{runs[a].label} ↔ {runs[b].label}",
+                        line=dict(color=_RUN_COLOURS[(a + b) % len(_RUN_COLOURS)], dash="dot"),
+                        legendgroup="cka", hovertemplate="%{x:.0f}%: %{y:.3f}<extra>%{fullData.name}</extra>",
+                    ), row=2, col=col)
+            continue
+        for r, run in enumerate(runs):
+            values = table[table["run"] == run.label][metric].to_numpy()
+            figure.add_trace(go.Scatter(
+                x=percent, y=values, mode="lines", name=run.label, legendgroup=f"run{r}",
+                showlegend=chart == 0, line=dict(color=_RUN_COLOURS[r % len(_RUN_COLOURS)], width=2),
+                hovertemplate="%{x:.0f}%: %{y:.3f}<extra>" + run.label + "</extra>",
+            ), row=2, col=col)
+
+    # Row 3: the table of the current frame.
+    others = [f"cka_{run.label}" for run in runs]
+
+    def table_cells(g: int) -> list[list[str]]:
+        rows = table[table["frame"] == g]
+        return [
+            list(rows["run"]), list(rows["model"]), [str(s) for s in rows["step"]],
+            [f"{100 * p:.0f}%" for p in rows["run_progress"]],
+            [_format(v) for v in rows["knn_accuracy"]], [_format(v) for v in rows["silhouette"]],
+            [_format(v) for v in rows["label_issue_auroc"]],
+            *[[_format(v) for v in rows[column]] for column in others],
+        ]
+
+    header = ["run", "model", "step", "progress", "kNN acc.", "silhouette", "label-issue AUROC",
+              *[f"CKA vs {run.label}" for run in runs]]
+    figure.add_trace(go.Table(
+        header=dict(values=[f"<b>{h}</b>" for h in header], fill_color="#eef1f5", align="left",
+                    font=dict(size=12)),
+        cells=dict(values=table_cells(0), align="left", height=24, font=dict(size=12),
+                   fill_color="white", line_color="#e3e6ea"),
+    ), row=3, col=1)
+    table_trace = len(figure.data) - 1
+
+    # Axes: equal aspect, no tick labels (the coordinates are arbitrary), fixed ranges so the
+    # view does not jump between frames; one shared range when the panels are aligned.
+    # Axes: a square range per panel and frame that just holds the cloud (frames are
+    # standardised, see display_frames, so this only removes the outliers' say in the zoom),
+    # equal aspect, no tick labels since the coordinates are arbitrary.
+    halves = 1.05 * np.stack([np.nanmax(np.abs(f), axis=(1, 2)) for f in frames])  # (R, G)
+    panel_axes = [figure.get_subplot(1, 4 * r + 1) for r in range(R)]
+
+    def panel_ranges(g: int) -> dict:
+        return {axis.plotly_name: {"range": [-float(halves[r, g]), float(halves[r, g])]}
+                for r, axes in enumerate(panel_axes) for axis in (axes.xaxis, axes.yaxis)}
+
+    for r in range(R):
+        half = float(halves[r, 0])
+        figure.update_xaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
+                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=4 * r + 1)
+        x_name = panel_axes[r].xaxis.plotly_name.replace("axis", "")
+        figure.update_yaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
+                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=4 * r + 1,
+                            scaleanchor=x_name, scaleratio=1, constrain="domain")
+    for chart in range(len(charts)):
+        figure.update_xaxes(range=[0, 100], tickvals=[0, 25, 50, 75, 100],
+                            ticktext=["0%", "25%", "50%", "75%", "100%"],
+                            title_text="training progress", title_font=dict(size=11), title_standoff=4,
+                            gridcolor="#eceff3", row=2, col=chart * R + 1)
+        figure.update_yaxes(gridcolor="#eceff3", row=2, col=chart * R + 1)
+
+    # The current position on the metric curves: one vertical line per chart.
+    chart_axes = [figure.get_subplot(2, chart * R + 1) for chart in range(len(charts))]
+
+    def cursor(g: int) -> list[dict]:
+        return [dict(type="line", xref=axes.xaxis.plotly_name.replace("axis", ""),
+                     yref=f"{axes.yaxis.plotly_name.replace('axis', '')} domain",
+                     x0=percent[g], x1=percent[g], y0=0, y1=1, line=dict(color="#555", width=1, dash="dash"))
+                for axes in chart_axes]
+
+    animated = [index for index, _, _ in scatter_traces] + [table_trace]
+    animation_frames = []
+    for g in range(len(grid)):
+        data = [go.Scattergl(x=frames[r][g, ids, 0], y=frames[r][g, ids, 1]) for _, r, ids in scatter_traces]
+        data.append(go.Table(cells=dict(values=table_cells(g))))
+        animation_frames.append(go.Frame(data=data, traces=animated, name=str(g),
+                                         layout={"shapes": cursor(g), **panel_ranges(g)}))
+    figure.frames = animation_frames
+
+    step_args = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    aligned_note = (f"panels aligned onto <b>{runs[reference].label}</b> (Procrustes)" if reference is not None
+                    else "each run in its own coordinates")
+    figure.update_layout(
+        title=dict(
+            text=f"ftviz compare · {len(true)} probe samples · {aligned_note}<br><span style='font-size:12px;"
+                 f"color:#666'>slider = training progress (each run's step / its total steps); colour = true "
+                 f"class; × = label flipped on purpose</span>",
+            x=0.01, font=dict(size=18),
+        ),
+        height=total + 110 + 90, template="plotly_white", margin=dict(l=40, r=30, t=110, b=90),
+        legend=dict(orientation="v", x=1.01, y=1.0, font=dict(size=11), itemsizing="constant"),
+        shapes=cursor(0),
+        hovermode="closest",
+        updatemenus=[dict(
+            type="buttons", direction="left", x=0.0, y=-0.01, xanchor="left", yanchor="top",
+            pad=dict(t=0, r=10), showactive=False,
+            buttons=[
+                dict(label="▶ play", method="animate",
+                     args=[None, dict(mode="immediate", fromcurrent=True, frame=dict(duration=400, redraw=True),
+                                      transition=dict(duration=0))]),
+                dict(label="❚❚ pause", method="animate", args=[[None], step_args]),
+            ],
+        )],
+        sliders=[dict(
+            active=0, x=0.12, len=0.88, y=-0.01, yanchor="top", pad=dict(t=0),
+            currentvalue=dict(prefix="progress ", font=dict(size=13)),
+            steps=[dict(method="animate", label=f"{p:.0f}%", args=[[str(g)], step_args])
+                   for g, p in enumerate(percent)],
+        )],
+    )
+    for annotation in figure.layout.annotations:
+        annotation.font = dict(size=13)
+    return figure
+
+
+# ---- entry point -------------------------------------------------------------------------
+def compare_runs(paths, *, out=None, align_to=None, log=print) -> Path:
+    """Compare runs on their shared probe set; returns the path of ``compare.html``.
+
+    Parameters
+    ----------
+    paths : run directories (at least one; all with the same probe set).
+    out : output folder (default: ``compare/`` beside the first run).
+    align_to : a run (its path or label) to align every other run's frames onto.
+
+    Writes ``compare.html``, ``compare.parquet`` and ``compare.csv`` into ``out``.
+    """
+    from ftviz.rundir import atomic_path, write_parquet
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise FtvizError("give at least one run directory to compare")
+    labels = run_labels(paths)
+    reference = None
+    if align_to is not None:
+        reference = _reference_index(str(align_to), paths, labels)
+    runs = [load_run(path, label) for path, label in zip(paths, labels)]
+    check_same_probe(runs)
+    grid, indices = progress_grid([run.progress for run in runs])
+    table = compare_table(runs, grid, indices)
+    frames = display_frames(aligned_frames(runs, indices, reference))
+    figure = build_figure(runs, frames, table, grid, reference=reference)
+
+    out = Path(out) if out is not None else paths[0].resolve().parent / "compare"
+    write_parquet(out / "compare.parquet", table)
+    with atomic_path(out / "compare.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    page = out / "compare.html"
+    with atomic_path(page) as tmp:
+        figure.write_html(tmp, include_plotlyjs=True, full_html=True, auto_play=False,
+                          config={"displaylogo": False, "responsive": True})
+    log(f"ftviz: compared {', '.join(labels)} over {len(grid)} frames -> {page}")
+    return page
+
+
+def _reference_index(align_to: str, paths: list[Path], labels: list[str]) -> int:
+    if align_to in labels:
+        return labels.index(align_to)
+    target = Path(align_to).resolve()
+    for i, path in enumerate(paths):
+        if path.resolve() == target:
+            return i
+    raise FtvizError(
+        f"--align-to {align_to!r} is not one of the compared runs ({', '.join(labels)}); "
+        "give one of their paths or names"
+    )

@@ -1,0 +1,176 @@
+"""The class-conditional DDPM: embedding, probe, loss, sampling, and a run end to end."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ftviz.errors import FtvizError
+from ftviz.models import create_model
+from tests.conftest import tiny_config
+
+# Two levels (16, 32 channels) at 16 px: a forward pass of a few milliseconds.
+TINY_UNET = {"block_out_channels": [16, 32]}
+
+
+def _model(**options):
+    torch.manual_seed(0)
+    return create_model("ddpm_tiny", num_classes=4, image_size=16, **{**TINY_UNET, **options})
+
+
+def _pixels(model, batch=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 16, 16, 3), generator=generator, dtype=torch.uint8)
+    return model.preprocess(images)
+
+
+def test_embedding_is_the_pooled_mid_block_of_the_clean_image_at_t0_with_the_null_class():
+    model = _model().eval()
+    pixels = _pixels(model)
+    captured = {}
+    handle = model.unet.mid_block.register_forward_hook(lambda m, i, o: captured.update(mid=o))
+    with torch.inference_mode():
+        null = torch.full((len(pixels),), model.num_classes)  # the null class is index C
+        model.unet(pixels, 0, class_labels=null)  # a full forward pass, no early exit
+        handle.remove()
+        embedding, logits = model.embed(pixels)
+    assert embedding.shape == (6, 32) and model.embedding_dim == 32
+    torch.testing.assert_close(embedding, captured["mid"].mean(dim=(2, 3)))
+    assert logits.shape == (6, 4)
+
+
+def test_training_loss_is_the_denoising_mse_and_the_probe_leaves_the_unet_alone():
+    with_probe = _model()
+    without = copy.deepcopy(with_probe)
+    without.probe_head = None
+    pixels, labels = _pixels(with_probe), torch.tensor([0, 1, 2, 3, 0, 1])
+    losses = []
+    for model in (with_probe, without):
+        torch.manual_seed(7)  # the same noise, timesteps and label dropout for both
+        loss = model.training_loss(pixels, labels)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # the value is the MSE alone
+    for (name, a), (_, b) in zip(with_probe.unet.named_parameters(), without.unet.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"the probe changed the UNet's gradient of {name}")
+    head = with_probe.probe_head.linear
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_the_probe_learns_the_labels_from_the_features():
+    """Trained alone on a frozen random UNet, the probe separates easy synthetic classes."""
+    from ftviz.data import make_synthetic
+
+    data = make_synthetic(120, num_classes=4, image_size=16, seed=1)
+    model = _model()
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    optimizer = torch.optim.AdamW(model.probe_head.parameters(), lr=1e-3)
+    model.train()
+    for step in range(30):
+        batch = torch.arange(step * 24, step * 24 + 24) % len(labels)
+        model.training_loss(model.preprocess(images[batch]), labels[batch]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.inference_mode():
+        _, logits = model.embed(model.preprocess(images))
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_probe_head_false_has_no_logits():
+    model = _model(probe_head=False)
+    features = model.features(_pixels(model))
+    assert features.shape == (6, 32)
+    with pytest.raises(FtvizError, match="probe_head = false.*no classifier"):
+        model.embed(_pixels(model))
+    loss = model.training_loss(_pixels(model), torch.zeros(6, dtype=torch.long))
+    assert torch.isfinite(loss)
+
+
+def test_a_run_without_probe_head_stops_with_a_clear_error(tmp_path):
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path, name="noprobe",
+                         model={"name": "ddpm_tiny", "options": {**TINY_UNET, "probe_head": False}})
+    with pytest.raises(FtvizError, match="no classifier"):
+        run_experiment(config, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"embed_timestep": 1000}, "embed_timestep"),
+    ({"uncond_prob": 1.0}, "uncond_prob"),
+    ({"sample_size": 17}, "divisible by 2"),
+    ({"not_a_unet_option": 3}, "bad diffusion option"),
+])
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(FtvizError, match=message):
+        _model(**options)
+
+
+def test_sampling_is_deterministic_and_the_grid_has_one_column_per_class(tmp_path):
+    model = _model(samples_per_class=3, sample_steps=4)
+    labels = torch.tensor([0, 1, 2, 3])
+    first, again, other = model.sample(labels), model.sample(labels), model.sample(labels, seed=1)
+    assert first.shape == (4, 3, 16, 16)
+    assert first.min() >= -1 and first.max() <= 1
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    assert model.training  # sampling leaves the mode as it found it
+
+    class Run:
+        path = tmp_path
+
+    path = model.on_snapshot(Run, 12)
+    assert path == tmp_path / "generated" / "step-0000012.png"
+    from PIL import Image
+
+    grid = np.asarray(Image.open(path))
+    tile, gap = 32, 2  # 16 px tiles are enlarged twice
+    assert grid.shape == (3 * (tile + gap) + gap, 4 * (tile + gap) + gap, 3)
+    assert not list(tmp_path.glob("generated/.*.tmp"))
+
+
+def test_save_and_load_gives_the_same_embeddings_and_logits(tmp_path):
+    model = _model()
+    pixels = _pixels(model)
+    model.training_loss(pixels, torch.tensor([0, 1, 2, 3, 0, 1]))  # gives the probe its statistics
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = create_model("ddpm_tiny", num_classes=4, image_size=16, pretrained=str(tmp_path)).eval()
+    with torch.inference_mode():
+        expected, loaded_out = model.embed(pixels), loaded.embed(pixels)
+    torch.testing.assert_close(loaded_out[0], expected[0])
+    torch.testing.assert_close(loaded_out[1], expected[1])
+    with pytest.raises(FtvizError, match="class embeddings"):
+        create_model("ddpm_tiny", num_classes=7, image_size=16, pretrained=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_diffusion_run_end_to_end(tmp_path):
+    """train -> score -> project -> render, with a generated-sample grid at every snapshot."""
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path, name="ddpm", model={"name": "ddpm_tiny", "options": dict(TINY_UNET)})
+    run = run_experiment(config, progress=False, log=lambda *_: None)
+    manifest = run.manifest()
+    assert all(manifest["stages"][stage]["status"] == "done" for stage in ("train", "score", "project", "render"))
+    steps = run.snapshot_steps()
+    assert steps == [0, 2, 4, 6, 8, 10, 12]
+    generated = sorted(p.name for p in (run.path / "generated").glob("*.png"))
+    assert generated == [f"step-{s:07d}.png" for s in steps]
+    embedding, logits = run.load_snapshot(steps[-1])
+    assert embedding.shape == (200, 32) and logits.shape == (200, 10)
+    assert manifest["model"]["embedding_dim"] == 32
+    assert run.frames().shape == (len(steps), 200, 2)
+    scores = run.scores()
+    assert sorted(scores["step"].unique()) == steps
+    metrics = run.metrics()
+    train_loss = metrics[metrics["split"] == "train"]["loss"].to_numpy()
+    assert train_loss[-3:].mean() < train_loss[:3].mean()  # the denoising MSE falls
+    evals = metrics[metrics["split"] == "eval"]
+    assert evals["true_accuracy"].iloc[-1] > 0.5  # the probe reads the classes (chance 0.1)
+    assert (run.path / "animation.html").is_file()
