@@ -5,8 +5,8 @@ Layout (``FORMAT_VERSION`` 1)::
     runs/<name>/
       run.json              manifest: config, versions, dataset/model ids, seed, snapshot
                             steps, probe size, noise rate, and the status of every stage
-      metrics.parquet       step, epoch, split ("train"|"eval"), loss, accuracy,
-                            true_accuracy, learning_rate
+      metrics.parquet       step, epoch, split ("train"|"eval"; ingested runs add "probe"),
+                            loss, accuracy, true_accuracy, learning_rate
       samples.parquet       id, given_label, true_label, is_noisy, class_name, true_class_name
       probe_images.npy      (N, H, W, 3) uint8, row i is the sample with id i
       snapshots/step-XXXXXXX.npz   embedding (N, D) float16, logits (N, C) float16
@@ -16,6 +16,7 @@ Layout (``FORMAT_VERSION`` 1)::
       projection.parquet    step, explained_variance, disparity_to_previous, knn_overlap
       animation.html        self-contained page
       weights/latest.pt     latest training state, for resume
+      generated/step-XXXXXXX.png   diffusion runs only: DDIM samples at each snapshot
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a file
 that exists is complete. ``run.json`` marks a stage done only after its files are written.
