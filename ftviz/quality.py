@@ -67,12 +67,19 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
     return 1.0 - np.asarray(scores, dtype=np.float64)
 
 
-def cosine_knn_distances(features: np.ndarray, *, k: int, device: str = "auto", block: int = 2048) -> np.ndarray:
+def cosine_knn_distances(
+    features: np.ndarray, *, k: int, device: str = "auto", block: int = 1024, search: str = "auto",
+    margin: int = 16,
+) -> np.ndarray:
     """Cosine distances (1 - cos) from each row to its k nearest *other* rows, ascending.
 
     Brute force, like scikit-learn's ``NearestNeighbors(metric="cosine")`` that Cleanlab uses,
-    but as blocked float32 matrix products with a top-k per block, so memory stays at
-    block x N and a GPU does it in milliseconds.
+    as blocked matrix products with a top-k per block, so memory stays at block x N.
+    ``search="bf16"`` finds ``k + margin`` candidates with a bf16 product (several times the fp32
+    throughput on GPUs and AMX CPUs) and re-ranks them exactly in fp32: the rounding of bf16
+    (~4e-3 on a cosine) is covered by the margin (identical to the fp32 search on a clustered
+    10,000 x 768 test; margin 8 already changed 1% of the rows there), and the distances
+    returned are fp32 values. "auto" uses it for N > 4096 where bf16 is fast, else "fp32".
 
     Parameters
     ----------
@@ -84,19 +91,31 @@ def cosine_knn_distances(features: np.ndarray, *, k: int, device: str = "auto", 
     """
     import torch
 
+    from ftviz.embed import cpu_has_fast_bf16
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if search == "auto":
+        fast = device.startswith("cuda") or cpu_has_fast_bf16()
+        search = "bf16" if fast and len(features) > 4096 else "fp32"
     X = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
     norms = X.norm(dim=1, keepdim=True)
     X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
+    coarse = X.to(torch.bfloat16) if search == "bf16" else X
+    width = min(len(X) - 1, k + margin) if search == "bf16" else k
     out = torch.empty((len(X), k), dtype=torch.float64)
     with torch.inference_mode():
         for start in range(0, len(X), block):
-            similarity = X[start : start + block] @ X.T  # (B, N)
+            similarity = coarse[start : start + block] @ coarse.T  # (B, N)
             rows = torch.arange(similarity.shape[0], device=device)
             similarity[rows, rows + start] = -torch.inf  # a point is not its own neighbour
-            top = similarity.topk(k, dim=1).values
-            out[start : start + block] = (1.0 - top.double()).clamp_(min=0.0).cpu()
+            top = similarity.topk(width, dim=1)
+            if search == "bf16":  # exact fp32 cosines of the candidates, then the real top k
+                exact = torch.einsum("bd,bcd->bc", X[start : start + block], X[top.indices])
+                values = exact.topk(k, dim=1).values
+            else:
+                values = top.values
+            out[start : start + block] = (1.0 - values.double()).clamp_(min=0.0).cpu()
     return out.numpy()
 
 

@@ -67,3 +67,14 @@ def test_knn_blocks_do_not_change_the_answer():
     np.testing.assert_allclose(
         cosine_knn_distances(features, k=7, block=64), cosine_knn_distances(features, k=7, block=4096), atol=1e-6
     )
+
+
+def test_bf16_candidate_search_returns_exact_distances():
+    from ftviz.quality import cosine_knn_distances
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(8, 64))
+    features = (centres[rng.integers(0, 8, 3000)] + rng.normal(scale=1.0, size=(3000, 64))).astype(np.float32)
+    exact = cosine_knn_distances(features, k=10, search="fp32")
+    coarse_then_exact = cosine_knn_distances(features, k=10, search="bf16", block=512)
+    np.testing.assert_allclose(coarse_then_exact, exact, atol=1e-6)
