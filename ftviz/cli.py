@@ -62,7 +62,11 @@ def cmd_models(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ftviz", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="ftviz",
+        description="Watch what fine-tuning does to a vision model's view of its data, "
+        "and which samples are suspicious.",
+    )
     parser.add_argument("--version", action="version", version=f"ftviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
