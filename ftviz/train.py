@@ -196,4 +196,6 @@ def _micro_batch(index: int, per_epoch: int, batch_size: int, n: int, seed: int,
 def _progress(total: int, initial: int, *, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, leave=False)
+    # mininterval: a redraw every half second is enough, and keeps logs of piped runs short.
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, leave=False,
+                mininterval=0.5)
