@@ -15,7 +15,7 @@ Layout (``FORMAT_VERSION`` 1)::
       frames.npy            (T, N, 2) float32 aligned 2-D coordinates, T = len(snapshot steps)
       projection.parquet    step, explained_variance, disparity_to_previous, knn_overlap
       animation.html        self-contained page
-      weights/latest.pt     latest training state, for resume
+      weights/latest.pt     training state for resume (while training); weights/final.pt at the end
       generated/step-XXXXXXX.png   diffusion runs only: DDIM samples at each snapshot
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a file

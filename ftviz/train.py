@@ -3,7 +3,8 @@
 Every ``snapshot_every`` optimizer steps, and at step 0 before any update, the probe set goes
 through the live model and its embeddings and logits are written to ``snapshots/``. Train loss
 is logged every step; eval loss and accuracy on the probe at every snapshot. Weights are
-written only for resume (``weights/latest.pt``) unless asked for.
+written only for resume (``weights/latest.pt``, model + optimizer, while training runs) and,
+at the end, as ``weights/final.pt`` (the model alone); every snapshot's with save_weights="all".
 """
 
 from __future__ import annotations
@@ -179,7 +180,12 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
     finally:
         bar.close()
     if cfg.save_weights != "none":
-        save_resume_state(step)
+        # Done: the optimizer state (2/3 of a resume file) has no use any more; keep the model.
+        from ftviz.rundir import atomic_path
+
+        with atomic_path(run.weights_dir / "final.pt") as tmp:
+            torch.save({"model": model.state_dict(), "step": step, "config": config.to_dict()}, tmp)
+        resume_path.unlink(missing_ok=True)
     final = metric_rows[-1] if metric_rows else {}
     run.mark_stage("train", "done", total_steps=total_steps, snapshots=len(done_snapshots),
                    final_true_accuracy=final.get("true_accuracy"))

@@ -39,7 +39,8 @@ def test_run_directory_contract(tiny_run):
     assert np.isnan(projection["disparity_to_previous"].iloc[0])
     assert projection["knn_overlap"].between(0, 1).all()
     assert (tiny_run.path / "animation.html").stat().st_size > 1_000_000  # plotly.js inside
-    assert (tiny_run.path / "weights" / "latest.pt").is_file()
+    assert (tiny_run.path / "weights" / "final.pt").is_file()
+    assert not (tiny_run.path / "weights" / "latest.pt").exists()  # resume state dropped when done
     assert np.load(tiny_run.path / "probe_images.npy").shape == (n, 16, 16, 3)
 
 
