@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run", cmd_run, "train with snapshots, then score, project and render")
-    p.add_argument("experiment", nargs="?", help="experiment TOML (default: built-in digits ViT)")
+    p.add_argument("experiment", nargs="?", help="experiment TOML (default: the built-in config; make animate uses experiments/default.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="replace an existing run of the same name")
 
