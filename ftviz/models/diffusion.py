@@ -369,26 +369,27 @@ def _create_ddpm(
     sample_size: int | None = None,
     num_train_timesteps: int = 1000,
     beta_schedule: str = "squaredcos_cap_v2",
-    probe_head: bool = True,
-    probe_gain: float = 30.0,
-    probe_reference: int = 256,
-    embed_timestep: int = 0,
-    uncond_prob: float = 0.1,
-    sample_steps: int = 10,
-    samples_per_class: int = 2,
-    sample_seed: int = 0,
     class_names=None,
-    **unet_options,
+    **options,
 ) -> ClassConditionalDDPM:
+    """``options`` named like :class:`ClassConditionalDDPM`'s keywords go to it (with its
+    defaults); the rest are UNet2DModel arguments."""
+    import inspect
+
     try:
         import diffusers  # noqa: F401
     except ModuleNotFoundError:
         raise FtvizError("the diffusion models need diffusers: pip install 'ftviz[diffusion]'") from None
-    settings = dict(
-        probe_head=bool(probe_head), probe_gain=float(probe_gain), probe_reference=int(probe_reference),
-        embed_timestep=int(embed_timestep), uncond_prob=float(uncond_prob),
-        sample_steps=int(sample_steps), samples_per_class=int(samples_per_class), sample_seed=int(sample_seed),
-    )
+    model_keywords = {
+        name for name, parameter in inspect.signature(ClassConditionalDDPM.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "num_classes"
+    }
+    settings = {name: options.pop(name) for name in list(options) if name in model_keywords}
+    if "probe_head" in settings:
+        settings["probe_head"] = bool(settings["probe_head"])
+    if "probe_gain" in settings:
+        settings["probe_gain"] = float(settings["probe_gain"])
+    unet_options = options
     if pretrained and pretrained != "none":
         if unet_options:
             raise FtvizError(

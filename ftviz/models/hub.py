@@ -177,3 +177,20 @@ def hub_error(source: str, error: Exception, *, what: str = "model", setting: st
         f"cannot load {what} {source!r} from the hub or its cache ({type(error).__name__}: {first_line}); "
         f"check the name and the network, or download it elsewhere and set {setting} to the local folder"
     )
+
+
+def pretrained_source(pretrained: str, default: str, overrides: dict, *, family: str) -> str | None:
+    """The checkpoint to load (hub id or folder), or None for a randomly initialised model.
+
+    ``pretrained`` "" means the variant's ``default``, "none" means random weights. A
+    checkpoint fixes the architecture, so user ``overrides`` (model.options) are refused then.
+    """
+    source = default if pretrained == "" else pretrained
+    if not source or source == "none":
+        return None
+    if overrides:
+        raise FtvizError(
+            f"model.options {sorted(overrides)} cannot change a pretrained {family}; "
+            'set model.pretrained = "none" for a randomly initialised one'
+        )
+    return source

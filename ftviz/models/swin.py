@@ -20,6 +20,7 @@ from __future__ import annotations
 from ftviz.errors import FtvizError
 from ftviz.models import register_model
 from ftviz.models.base import ProbeModel
+from ftviz.models.hub import pretrained_source
 
 SWIN_TINY_224_HUB_ID = "microsoft/swin-tiny-patch4-window7-224"
 
@@ -76,13 +77,8 @@ def _create_swin(
     **architecture,
 ) -> SwinProbe:
     """A pretrained Swin when a source is given (not "none"), else a random one from ``architecture``."""
-    source = default_pretrained if pretrained == "" else pretrained
-    if source and source != "none":
-        if architecture:
-            raise FtvizError(
-                f"model.options {sorted(architecture)} cannot change a pretrained Swin; "
-                'set model.pretrained = "none" for a randomly initialised one'
-            )
+    source = pretrained_source(pretrained, default_pretrained, architecture, family="Swin")
+    if source is not None:
         model, size, mean, std = load_pretrained_swin(source, num_classes, class_names)
         return SwinProbe(model, image_size=size, mean=mean, std=std)
     import inspect

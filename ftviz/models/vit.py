@@ -15,6 +15,7 @@ from __future__ import annotations
 from ftviz.errors import FtvizError
 from ftviz.models import register_model
 from ftviz.models.base import ProbeModel
+from ftviz.models.hub import pretrained_source
 
 IN21K = "google/vit-base-patch16-224-in21k"  # the article's backbone
 
@@ -113,13 +114,8 @@ def _create_vit(
     a randomly initialised model (``pretrained = "none"`` or no default) can take overrides.
     """
     overrides = dict(overrides or {})
-    source = default_pretrained if pretrained == "" else pretrained
-    if source and source != "none":
-        if overrides:
-            raise FtvizError(
-                f"model.options {sorted(overrides)} cannot change a pretrained ViT; "
-                "set model.pretrained = \"none\" for a randomly initialised one"
-            )
+    source = pretrained_source(pretrained, default_pretrained, overrides, family="ViT")
+    if source is not None:
         model, size, mean, std = load_pretrained_vit(source, num_classes, class_names)
         return ViTProbe(model, image_size=size, mean=mean, std=std)
     from transformers import ViTConfig, ViTForImageClassification
