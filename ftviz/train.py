@@ -9,6 +9,7 @@ at the end, as ``weights/final.pt`` (the model alone); every snapshot's with sav
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from ftviz.embed import probe_forward, resolve_device, resolve_precision
 from ftviz.errors import FtvizError
-from ftviz.rundir import RunDir, write_parquet
+from ftviz.rundir import RunDir, atomic_path, write_parquet
 
 # Write the resume state at least this often (seconds) besides epoch ends and interrupts:
 # a ViT-B state is ~1 GB, so not at every snapshot.
@@ -100,8 +101,6 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
     def save_resume_state(step: int) -> None:
         if cfg.save_weights == "none":
             return
-        from ftviz.rundir import atomic_path
-
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -181,8 +180,6 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
         bar.close()
     if cfg.save_weights != "none":
         # Done: the optimizer state (2/3 of a resume file) has no use any more; keep the model.
-        from ftviz.rundir import atomic_path
-
         with atomic_path(run.weights_dir / "final.pt") as tmp:
             torch.save({"model": model.state_dict(), "step": step, "config": config.to_dict()}, tmp)
         resume_path.unlink(missing_ok=True)
@@ -194,9 +191,15 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
 def _micro_batch(index: int, per_epoch: int, batch_size: int, n: int, seed: int, device) -> torch.Tensor:
     """Indices of micro-batch ``index``: a fixed permutation per epoch, so resume is exact."""
     epoch, position = divmod(index, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=generator)
+    order = _epoch_order(n, seed, epoch)
     return order[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch, drawn once per epoch rather than once per batch."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator)
 
 
 def _progress(total: int, initial: int, *, enabled: bool):
