@@ -6,6 +6,8 @@ checkpoint ingestion (:mod:`ftviz.ingest`) for runs trained elsewhere.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -22,6 +24,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU does bf16 matrix products natively (AMX or AVX512-BF16)."""
     try:
