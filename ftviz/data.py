@@ -132,9 +132,19 @@ def inject_label_noise(
     return noisy, flipped
 
 
-def stratified_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
-    """Sorted indices of a class-stratified subset of size ``n`` (all when n <= 0 or n >= N)."""
-    if n <= 0 or n >= len(labels):
+def stratified_indices(
+    labels: np.ndarray, n: int, *, seed: int, key: str = "n", source: str = "the split"
+) -> np.ndarray:
+    """Sorted indices of a class-stratified subset of size ``n`` (all when n <= 0 or n == N).
+
+    Asking for more than ``N`` is an error, not a silent cap (a run must not be smaller than
+    its config says); ``key`` (the config key) and ``source`` (what is sampled) word it.
+    """
+    if n > len(labels):
+        raise FtvizError(
+            f"{key} = {n} but {source} has only {len(labels)} images; set {key} to at most {len(labels)} (0 = all)"
+        )
+    if n <= 0 or n == len(labels):
         return np.arange(len(labels))
     from sklearn.model_selection import train_test_split
 
@@ -211,7 +221,10 @@ def load_splits(config, *, seed: int) -> Splits:
             random_state=seed,
         )
         train, test = train.subset(np.sort(train_idx)), train.subset(np.sort(test_idx))
-    train = train.subset(stratified_indices(train.labels, config.train_size, seed=seed))
+    held_out = f" (after holding out data.test_fraction = {config.test_fraction} for the probe)" \
+        if config.probe == "test" and raw.get("test") is None else ""
+    train = train.subset(stratified_indices(train.labels, config.train_size, seed=seed, key="data.train_size",
+                                            source=f"the {config.dataset} training split{held_out}"))
     num_classes = len(train.class_names)
     train_noisy, _ = inject_label_noise(train.labels, config.noise_rate, num_classes, seed=seed + 1)
     if config.probe == "train":
@@ -220,7 +233,11 @@ def load_splits(config, *, seed: int) -> Splits:
         check_image_set(test, f"the {config.dataset} test split")
         probe_source = test
         probe_noisy_all, _ = inject_label_noise(test.labels, config.noise_rate, num_classes, seed=seed + 2)
-    probe_idx = stratified_indices(probe_source.labels, config.probe_size, seed=seed)
+    probe_split = "test split" if config.probe == "test" else (
+        "training set" + (f" (data.train_size = {config.train_size})" if config.train_size > 0 else ""))
+    probe_idx = stratified_indices(
+        probe_source.labels, config.probe_size, seed=seed, key="data.probe_size",
+        source=f"the {config.dataset} {probe_split} the probe is drawn from (data.probe = \"{config.probe}\")")
     probe = ImageSet(probe_source.images[probe_idx], probe_noisy_all[probe_idx], probe_source.class_names)
     return Splits(
         dataset=config.dataset,

@@ -40,12 +40,21 @@ def test_default_splits_record_noise():
 
 
 def test_probe_from_test_split_is_stratified_subset():
+    """The probe is drawn from the held-out split only: none of its images is trained on."""
     config = DataConfig(probe="test", probe_size=100, test_fraction=0.3)
     splits = load_splits(config, seed=0)
     assert len(splits.probe) == 100
-    assert len(splits.train) == 1797 - round(0.3 * 1797) or len(splits.train) == 1257
+    assert len(splits.train) == 1797 - 540  # sklearn holds out ceil(0.3 * 1797) = 540
+    digits = load_digits_images(32)
+    row_of = {image.tobytes(): i for i, image in enumerate(digits.images)}  # digits has no duplicates
+    assert len(row_of) == 1797
+    train_rows = {row_of[image.tobytes()] for image in splits.train.images}
+    probe_rows = [row_of[image.tobytes()] for image in splits.probe.images]
+    assert len(train_rows) == 1257 and len(set(probe_rows)) == 100
+    assert train_rows.isdisjoint(probe_rows)
+    np.testing.assert_array_equal(splits.probe_true_labels, digits.labels[probe_rows])
     counts = np.bincount(splits.probe_true_labels, minlength=10)
-    assert counts.min() >= 9 and counts.max() <= 11
+    assert counts.min() >= 9 and counts.max() <= 11  # 10 per class, +-1 for rounding
 
 
 def test_stratified_indices_all_when_zero():
@@ -62,3 +71,31 @@ def test_bad_data_errors():
         check_image_set(ImageSet(np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"]), "x")
     with pytest.raises(FtvizError, match="unknown dataset 'mnist'"):
         load_splits(DataConfig(dataset="mnist"), seed=0)
+
+
+@pytest.mark.parametrize("sizes, phrases", [
+    ({"train_size": 5000}, ["data.train_size = 5000 but the digits training split has only 1797 images; "
+                            "set data.train_size to at most 1797 (0 = all)"]),
+    ({"probe_size": 1798}, ["data.probe_size = 1798 but the digits training set the probe is drawn from "
+                            "(data.probe = \"train\") has only 1797 images"]),
+    ({"train_size": 500, "probe_size": 501}, ["data.probe_size = 501", "(data.train_size = 500)",
+                                              "has only 500 images"]),
+    ({"probe": "test", "probe_size": 400}, ["data.probe_size = 400", "test split", "has only 360 images"]),
+    ({"probe": "test", "train_size": 1500}, ["data.train_size = 1500", "data.test_fraction = 0.2",
+                                             "has only 1437 images"]),
+])
+def test_sizes_larger_than_the_split_are_refused(sizes, phrases):
+    """A request for more images than exist says how many there are instead of being capped."""
+    with pytest.raises(FtvizError) as error:
+        load_splits(DataConfig(**sizes), seed=0)
+    message = str(error.value)
+    assert "\n" not in message
+    for phrase in phrases:
+        assert phrase in message
+
+
+def test_sizes_equal_to_the_split_take_all_of_it():
+    splits = load_splits(DataConfig(train_size=1797, probe_size=1797), seed=0)
+    assert len(splits.train) == len(splits.probe) == 1797
+    with pytest.raises(FtvizError, match="data.train_size = 21 but the label array has only 20 images"):
+        stratified_indices(np.arange(20) % 2, 21, seed=0, key="data.train_size", source="the label array")
