@@ -31,28 +31,21 @@ def cmd_run(args) -> None:
     run_experiment(config, force=args.force, progress=not args.quiet)
 
 
-def cmd_score(args) -> None:
-    from ftviz.quality import score_run
+def cmd_stage(args) -> None:
+    """``ftviz <stage> RUN``: one row of the stage table, rerun alone."""
+    from ftviz.pipeline import run_stage
+    from ftviz.rundir import stage_named
 
     run, config = _run_config(args.run, args.set)
-    score_run(run, config.score, progress=not args.quiet)
-    print(f"ftviz: scores at {run.file('scores.parquet')}")
-
-
-def cmd_project(args) -> None:
-    from ftviz.project import project_run
-
-    run, config = _run_config(args.run, args.set)
-    project_run(run, config.project, progress=not args.quiet)
-    print(f"ftviz: frames at {run.file('frames.npy')}")
-
-
-def cmd_render(args) -> None:
-    from ftviz.render import render_run
-
-    run, config = _run_config(args.run, args.set)
-    path = render_run(run, config.render, output_format=args.format, out=args.out)
-    print(f"ftviz: wrote {path}")
+    stage = stage_named(args.stage)
+    options = {}
+    for flags, keywords in stage.options:
+        dest = keywords.get("dest", flags[0].lstrip("-").replace("-", "_"))
+        options[dest] = getattr(args, dest)
+    result = run_stage(run, stage.name, config, progress=not args.quiet, **options)
+    written = [str(result)] if result is not None else [
+        str(run.file(name)) for name in stage.outputs if run.file(name.rstrip("/")).exists()]
+    print(f"ftviz: {stage.name} wrote {', '.join(written)}")
 
 
 def cmd_models(args) -> None:
@@ -81,17 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="replace an existing run of the same name")
 
-    for name, handler, text in (
-        ("score", cmd_score, "Cleanlab outlier and label-issue scores for every snapshot"),
-        ("project", cmd_project, "2-D PCA of every snapshot, aligned with Procrustes"),
-        ("render", cmd_render, "the animated HTML (or a GIF/MP4 for slides)"),
-    ):
-        p = add(name, handler, text)
+    from ftviz.rundir import STAGES
+
+    for stage in STAGES:  # every stage after training reruns alone on an existing run
+        if stage.runner is None:
+            continue
+        p = add(stage.name, cmd_stage, stage.help)
+        p.set_defaults(stage=stage.name)
         p.add_argument("run", help="run directory (runs/<name>)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-        if name == "render":
-            p.add_argument("--format", choices=("html", "gif", "mp4"), default="html")
-            p.add_argument("--out", help="output file (default: inside the run)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        for flags, keywords in stage.options:
+            p.add_argument(*flags, **keywords)
 
     add("models", cmd_models, "list the registered models")
     _add_optional_commands(sub, add)

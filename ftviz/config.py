@@ -20,6 +20,7 @@ class DataConfig:
     dataset: str = "digits"  # digits | cifar10 | imagefolder | synthetic
     path: str = ""  # local folder for cifar10 (cifar-10-batches-py) or imagefolder
     noise_rate: float = 0.1  # fraction of labels flipped to another class, recorded
+    noise: str = "symmetric"  # symmetric (uniform other class) | asymmetric (most confused class)
     probe: str = "train"  # which split the probe set is drawn from: train | test
     probe_size: int = 0  # 0 = the whole split, else a stratified subset of this many
     train_size: int = 0  # 0 = the whole train split, else a stratified subset
@@ -193,6 +194,8 @@ def validate(config: ExperimentConfig) -> None:
     """Range checks that TOML types cannot express."""
     checks = [
         (0.0 <= config.data.noise_rate < 1.0, "data.noise_rate must be in [0, 1)"),
+        (config.data.noise in ("symmetric", "asymmetric"),
+         f"data.noise must be 'symmetric' or 'asymmetric', got {config.data.noise!r}"),
         (config.data.probe in ("train", "test"), "data.probe must be 'train' or 'test'"),
         (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
         (config.train.batch_size > 0, "train.batch_size must be > 0"),
@@ -202,6 +205,10 @@ def validate(config: ExperimentConfig) -> None:
         (config.train.embed_precision in ("auto", "fp32", "bf16"), "train.embed_precision: auto, fp32 or bf16"),
         (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
         (config.project.basis in ("per_frame", "shared"), "project.basis: per_frame or shared"),
+        (_is_frame_reference(config.project.reference),
+         f"project.reference: previous, first, last, consensus or a frame index, got {config.project.reference!r}"),
+        (config.project.knn > 0, "project.knn must be > 0"),
+        (config.project.knn_sample > 0, "project.knn_sample must be > 0"),
         (config.score.k > 0, "score.k must be > 0"),
         (config.score.method in ("auto", "knn", "cleanlab"), "score.method: auto, knn or cleanlab"),
         (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
@@ -209,3 +216,14 @@ def validate(config: ExperimentConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise FtvizError(message)
+
+
+def _is_frame_reference(reference: str) -> bool:
+    """The Procrustes references :func:`ftviz.align.align_sequence` takes, as config strings."""
+    if reference in ("previous", "first", "last", "consensus"):
+        return True
+    try:
+        int(reference)
+    except (TypeError, ValueError):
+        return False
+    return True

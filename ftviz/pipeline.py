@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ftviz.errors import FtvizError
-from ftviz.rundir import RunDir, write_npy, write_parquet
+from ftviz.rundir import STAGES, RunDir, stage_named, write_npy, write_parquet
 
 
 def library_versions() -> dict:
@@ -46,7 +46,8 @@ def write_samples(run: RunDir, splits) -> None:
 def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
     """Create the run directory, or reopen an unfinished one with the same config to resume.
 
-    Returns (run, resuming). A finished run is never overwritten without ``force``.
+    Returns (run, resuming). A run whose every stage is done is never overwritten without
+    ``force``; one stopped anywhere (training, or a later stage) resumes where it stopped.
     """
     run = RunDir(config.run_dir)
     if run.path.exists() and any(run.path.iterdir()):
@@ -56,7 +57,7 @@ def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
             raise FtvizError(f"{run.path} exists and is not an ftviz run; choose another name (--set name=...)")
         else:
             manifest = run.manifest()
-            if manifest.get("stages", {}).get("train", {}).get("status") == "done":
+            if all(run.stage_status(stage.name) == "done" for stage in STAGES):
                 raise FtvizError(
                     f"{run.path} already holds a finished run; pick a new name with --set name=..., "
                     f"rerun a later stage (ftviz score|project|render {run.path}), or pass --force to replace it"
@@ -86,7 +87,7 @@ def new_run_manifest(config, splits, model, *, hf_model=None, **extra) -> dict:
                   "embedding_dim": model.embedding_dim, "num_classes": model.num_classes,
                   "parameters": sum(p.numel() for p in counted.parameters())},
         "probe_size": len(splits.probe),
-        "noise_rate": config.data.noise_rate,
+        "noise_rate": config.data.noise_rate, "noise": config.data.noise, "noise_map": splits.noise_map,
         "noisy_probe_samples": int((splits.probe.labels != splits.probe_true_labels).sum()),
         **extra,
     }
@@ -117,19 +118,37 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         write_samples(run, splits)
     log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "
         f"({len(splits.train)} train, {len(splits.probe)} probe) -> {run.path}")
-    train(run, config, splits, model, progress=progress)
+    if run.stage_status("train") != "done":
+        train(run, config, splits, model, progress=progress)
     continue_run(run, config, progress=progress, log=log)
     log(f"ftviz: done in {time.perf_counter() - started:.1f} s")
     return run
 
 
-def continue_run(run: RunDir, config, *, progress: bool = True, log=print) -> None:
-    """Score, project and render a run whose snapshots are complete."""
-    from ftviz.project import project_run
-    from ftviz.quality import score_run
-    from ftviz.render import render_run
+def run_stage(run: RunDir, name: str, config, *, progress: bool = True, **options):
+    """Run one stage of the table on ``run`` with its config section; returns the runner's result.
 
-    score_run(run, config.score, progress=progress)
-    project_run(run, config.project, progress=progress)
-    path = render_run(run, config.render)
-    log(f"ftviz: animation at {path}")
+    The stages that make its inputs must be done (a clear error names the command otherwise).
+    """
+    import importlib
+
+    stage = stage_named(name)
+    if stage.runner is None:
+        raise FtvizError(f"stage '{name}' is not rerun alone; use {stage.command}")
+    for earlier in STAGES[: STAGES.index(stage)]:
+        if set(earlier.outputs) & stage.required_inputs:
+            run.require(earlier.name)
+    module_name, function_name = stage.runner.split(":")
+    runner = getattr(importlib.import_module(module_name), function_name)
+    section = getattr(config, stage.config) if stage.config else None
+    return runner(run, section, progress=progress, **options)
+
+
+def continue_run(run: RunDir, config, *, progress: bool = True, log=print) -> None:
+    """Every stage after training that is not done yet, in table order."""
+    for stage in STAGES:
+        if stage.runner is None or run.stage_status(stage.name) == "done":
+            continue
+        result = run_stage(run, stage.name, config, progress=progress)
+        if stage.name == "render":
+            log(f"ftviz: animation at {result}")

@@ -124,19 +124,23 @@ def project_run(run, config=None, *, progress: bool = True) -> None:
     disparity_to_previous (Procrustes disparity, scipy's definition; NaN for the first frame),
     knn_overlap (neighbourhood preservation, see :func:`knn_overlap`).
     """
+    run.require("train")
+    basis = config.basis if config is not None else "per_frame"
+    reference = _parse_reference(config.reference if config is not None else "previous")
+    k = config.knn if config is not None else 10
+    sample = config.knn_sample if config is not None else 2000
+    with run.stage("project", basis=basis, reference=str(reference)):
+        _project(run, basis, reference, k, sample)
+
+
+def _project(run, basis: str, reference, k: int, sample: int) -> None:
     import pandas as pd
 
     from ftviz.align import disparity
     from ftviz.rundir import write_npy, write_parquet
 
-    run.require("train")
-    basis = config.basis if config is not None else "per_frame"
-    reference = config.reference if config is not None else "previous"
-    k = config.knn if config is not None else 10
-    sample = config.knn_sample if config is not None else 2000
     steps, embeddings, _ = run.load_embeddings()
-    run.mark_stage("project", "running")
-    projector = FrameProjector(basis=basis, reference=_parse_reference(reference))
+    projector = FrameProjector(basis=basis, reference=reference)
     frames = projector.fit_transform(embeddings)
     disparities = [float("nan")] + [disparity(frames[t - 1], frames[t]) for t in range(1, len(frames))]
     overlaps = [knn_overlap(embeddings[t], frames[t], k=k, sample=sample) for t in range(len(frames))]
@@ -147,7 +151,6 @@ def project_run(run, config=None, *, progress: bool = True) -> None:
         "disparity_to_previous": disparities,
         "knn_overlap": overlaps,
     }))
-    run.mark_stage("project", "done", basis=basis, reference=str(reference))
 
 
 def _parse_reference(reference):

@@ -169,25 +169,24 @@ def score_run(run, config=None, *, progress: bool = True) -> None:
     samples = run.samples()
     labels = samples["given_label"].to_numpy()
     steps = run.snapshot_steps()
-    tables = []
-    run.mark_stage("score", "running")
-    for step in tqdm(steps, desc="score", unit="frame", disable=not progress, leave=False):
-        embedding, logits = run.load_snapshot(step)
-        if len(embedding) != len(labels):
-            raise FtvizError(
-                f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
-                f"{len(labels)}; the run is inconsistent, rerun training"
-            )
-        quality, issues = label_scores(logits=logits.astype(np.float32), labels=labels)
-        probs = softmax(logits)
-        tables.append(pd.DataFrame({
-            "step": np.full(len(labels), step, dtype=np.int64),
-            "id": samples["id"].to_numpy(),
-            "outlier_score": outlier_scores(embedding, k=k, method=method, device=device),
-            "label_quality": quality,
-            "is_label_issue": issues,
-            "predicted_label": probs.argmax(1).astype(np.int64),
-            "confidence": probs.max(1),
-        }))
-    write_parquet(run.file("scores.parquet"), pd.concat(tables, ignore_index=True))
-    run.mark_stage("score", "done", k=k, method=method)
+    with run.stage("score", k=k, method=method):
+        tables = []
+        for step in tqdm(steps, desc="score", unit="frame", disable=not progress, leave=False):
+            embedding, logits = run.load_snapshot(step)
+            if len(embedding) != len(labels):
+                raise FtvizError(
+                    f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
+                    f"{len(labels)}; the run is inconsistent, rerun training"
+                )
+            quality, issues = label_scores(logits=logits.astype(np.float32), labels=labels)
+            probs = softmax(logits)
+            tables.append(pd.DataFrame({
+                "step": np.full(len(labels), step, dtype=np.int64),
+                "id": samples["id"].to_numpy(),
+                "outlier_score": outlier_scores(embedding, k=k, method=method, device=device),
+                "label_quality": quality,
+                "is_label_issue": issues,
+                "predicted_label": probs.argmax(1).astype(np.int64),
+                "confidence": probs.max(1),
+            }))
+        write_parquet(run.file("scores.parquet"), pd.concat(tables, ignore_index=True))

@@ -1074,7 +1074,7 @@ def _import_imageio_ffmpeg():
 # ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
-def render_run(run, config=None, *, output_format: str = "html", out=None) -> Path:
+def render_run(run, config=None, *, output_format: str = "html", out=None, progress: bool = True) -> Path:
     """Render ``run`` (a :class:`ftviz.rundir.RunDir`) as ``animation.html`` (or .gif/.mp4).
 
     Parameters
@@ -1093,18 +1093,20 @@ def render_run(run, config=None, *, output_format: str = "html", out=None) -> Pa
         raise FtvizError(f"--out {path} is a folder; give a file name such as {path / ('animation.' + output_format)}")
     if output_format == "mp4":
         _import_imageio_ffmpeg()  # fail before loading anything
-    started = time.perf_counter()
-    data = load_animation_data(run)
-    if output_format == "gif":
-        return write_gif(data, path, config)
-    if output_format == "mp4":
-        return write_mp4(data, path, config)
-    page, sizes = build_page(data, config)
+    if output_format != "html" or path.resolve() != run.file("animation.html").resolve():
+        data = load_animation_data(run)  # an extra file: the render stage's record is unchanged
+        writer = {"gif": write_gif, "mp4": write_mp4}.get(output_format)
+        return writer(data, path, config) if writer else _write_page(data, path, config)[0]
+    with run.stage("render") as record:
+        path, sizes = _write_page(load_animation_data(run), path, config)
+        record.update(path=str(path), bytes=sizes["total"])
+    return path
+
+
+def _write_page(data: AnimationData, path: Path, config) -> tuple[Path, dict]:
     from ftviz.rundir import atomic_path
 
+    page, sizes = build_page(data, config)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    if path.resolve() == run.file("animation.html").resolve():
-        run.mark_stage("render", "done", path=str(path), bytes=sizes["total"],
-                       seconds=round(time.perf_counter() - started, 2))
-    return path
+    return path, sizes

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,14 +40,91 @@ from ftviz import __version__
 from ftviz.errors import FtvizError, MissingStageError
 
 FORMAT_VERSION = 1
-STAGES = ("train", "score", "project", "render")
-# The command that produces each stage's files, for error messages.
-STAGE_COMMANDS = {
-    "train": "ftviz run EXPERIMENT.toml (or ftviz embed --checkpoints DIR)",
-    "score": "ftviz score {run}",
-    "project": "ftviz project {run}",
-    "render": "ftviz render {run}",
-}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table: what a stage reads and writes, and how it is run.
+
+    Parameters
+    ----------
+    name : the stage's name in run.json and its ``ftviz <name> RUN`` command.
+    inputs, outputs : run-directory entries it reads and writes ("snapshots/" is a folder; an
+        input ending in "?" is read when present). The stages that write its required inputs
+        must be done before it runs; redoing a stage makes stale exactly the stages whose
+        inputs include its outputs.
+    config : the ExperimentConfig section handed to the runner (``config.<section>``).
+    command : how a user makes the stage's files, for error messages ({run} is filled in).
+    runner : "module:function", called as ``function(run, section, progress=bool, **options)``;
+        None for training, which ``ftviz run`` / ``ftviz embed`` / the recorder do.
+    help : one line for ``ftviz --help``.
+    options : extra command-line flags of ``ftviz <name>``: (flags, argparse keywords) pairs;
+        each ``dest`` is passed to the runner as a keyword.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    config: str | None
+    command: str
+    runner: str | None
+    help: str
+    options: tuple[tuple[tuple[str, ...], dict], ...] = ()
+
+    @property
+    def all_inputs(self) -> set[str]:
+        return {name.rstrip("?") for name in self.inputs}
+
+    @property
+    def required_inputs(self) -> set[str]:
+        return {name for name in self.inputs if not name.endswith("?")}
+
+
+# The pipeline, in order. A new stage is its module plus a row here.
+STAGES: tuple[Stage, ...] = (
+    Stage("train", (), ("snapshots/", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/"),
+          "train", "ftviz run EXPERIMENT.toml (or ftviz embed --checkpoints DIR)", None,
+          "train with snapshots of the probe set"),
+    Stage("score", ("snapshots/", "samples.parquet"), ("scores.parquet",),
+          "score", "ftviz score {run}", "ftviz.quality:score_run",
+          "Cleanlab outlier and label-issue scores for every snapshot"),
+    Stage("project", ("snapshots/",), ("frames.npy", "projection.parquet"),
+          "project", "ftviz project {run}", "ftviz.project:project_run",
+          "2-D projection of every snapshot, aligned with Procrustes"),
+    Stage("render", ("frames.npy", "projection.parquet", "scores.parquet", "suspicion.parquet?",
+                     "detectors.parquet?", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/?"),
+          ("animation.html",), "render", "ftviz render {run}", "ftviz.render:render_run",
+          "the animated HTML (or a GIF/MP4/PNG for slides and papers)",
+          options=((("--format",), {"dest": "output_format", "choices": ("html", "gif", "mp4"), "default": "html",
+                                    "help": "html (default), or a video for slides"}),
+                   (("--out",), {"help": "output file (default: inside the run)"}))),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage_named(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise FtvizError(f"unknown stage {name!r}; the stages are {', '.join(STAGE_NAMES)}")
+
+
+def stages_reading(name: str) -> list[str]:
+    """Every stage that reads, directly or through other stages, what ``name`` writes."""
+    changed, found = set(stage_named(name).outputs), []
+    for stage in STAGES[STAGE_NAMES.index(name) + 1 :]:
+        if changed & stage.all_inputs:
+            found.append(stage.name)
+            changed |= set(stage.outputs)
+    return found
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line for run.json: the message alone for ftviz's own errors."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, FtvizError):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @contextmanager
@@ -140,7 +219,7 @@ class RunDir:
             "ftviz_version": __version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **manifest,
-            "stages": {stage: {"status": "pending"} for stage in STAGES},
+            "stages": {name: {"status": "pending"} for name in STAGE_NAMES},
         }
         data.setdefault("snapshot_steps", [])
         write_json(self.manifest_path, data)
@@ -173,33 +252,78 @@ class RunDir:
         return data
 
     def mark_stage(self, stage: str, status: str = "done", **info: Any) -> None:
-        """Record a stage's status; call with "done" only after its files are complete."""
+        """Record a stage's status; call with "done" only after its files are complete.
+
+        "running" records this process (pid and host), so a run killed with SIGKILL reads as
+        interrupted rather than running forever. "running" and "done" make stale the stages
+        that read this stage's outputs (see :func:`stages_reading`).
+        """
         data = self.manifest()
         now = time.time()
         entry = {"status": status, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
         previous = data.setdefault("stages", {}).get(stage, {})
         if status == "running":
-            entry["started"] = now
+            entry.update(started=now, pid=os.getpid(), host=socket.gethostname())
         elif "started" in previous:
             entry["seconds"] = round(now - previous["started"], 3)
         data["stages"][stage] = entry
-        # A redone stage invalidates everything downstream of it.
-        if status in ("done", "running") and stage in STAGES:
-            for later in STAGES[STAGES.index(stage) + 1 :]:
+        if status in ("done", "running") and stage in STAGE_NAMES:
+            for later in stages_reading(stage):
                 if data["stages"].get(later, {}).get("status") == "done":
-                    data["stages"][later] = {"status": "stale"}
+                    data["stages"][later] = {"status": "stale", "because": f"{stage} was redone"}
         write_json(self.manifest_path, data)
 
+    @contextmanager
+    def stage(self, name: str, **info: Any) -> Iterator[dict]:
+        """Run a stage's body with its status recorded in run.json.
+
+        Records "running" on entry, then "done" with the seconds and whatever the body put in
+        the yielded dict, "failed" with the one-line error if the body raised, or "interrupted"
+        on Ctrl-C; the exception is re-raised either way.
+
+        >>> with run.stage("score", k=10) as record:   # doctest: +SKIP
+        ...     record["frames"] = write_scores()
+        """
+        stage_named(name)
+        record = dict(info)
+        self.mark_stage(name, "running", **info)
+        try:
+            yield record
+        except KeyboardInterrupt:
+            self._mark_quietly(name, "interrupted", record)
+            raise
+        except BaseException as error:
+            self._mark_quietly(name, "failed", {**record, "error": one_line(error)})
+            raise
+        self.mark_stage(name, "done", **record)
+
+    def _mark_quietly(self, name: str, status: str, record: dict) -> None:
+        # The stage's own error is the one to report; a manifest that cannot be written now
+        # (disk full, run.json damaged by the same fault) must not replace it.
+        try:
+            self.mark_stage(name, status, **record)
+        except Exception:
+            pass
+
+    def stage_entry(self, stage: str) -> dict:
+        """The stage's run.json entry; a "running" stage whose process is gone reads "interrupted"."""
+        entry = dict(self.manifest().get("stages", {}).get(stage, {"status": "pending"}))
+        if entry.get("status") == "running" and not _process_alive(entry.get("pid"), entry.get("host")):
+            entry["status"] = "interrupted"
+        return entry
+
     def stage_status(self, stage: str) -> str:
-        return self.manifest().get("stages", {}).get(stage, {}).get("status", "pending")
+        return self.stage_entry(stage).get("status", "pending")
 
     def require(self, stage: str) -> None:
         """Raise :class:`MissingStageError` unless ``stage`` is done."""
-        status = self.stage_status(stage)
+        entry = self.stage_entry(stage)
+        status = entry.get("status", "pending")
         if status != "done":
-            command = STAGE_COMMANDS.get(stage, stage).format(run=self.path)
+            command = stage_named(stage).command.format(run=self.path)
+            why = f" ({entry['error']})" if status == "failed" and entry.get("error") else ""
             raise MissingStageError(
-                f"{self.path}: stage '{stage}' is {status}; run `{command}` first"
+                f"{self.path}: stage '{stage}' is {status}{why}; run `{command}` first"
             )
 
     # ---- snapshots ---------------------------------------------------------------------
@@ -288,3 +412,16 @@ class RunDir:
             self.require("train")
             raise FtvizError(f"{path} is missing; rerun training")
         return np.load(path)
+
+
+def _process_alive(pid: Any, host: Any) -> bool:
+    """Whether the process that marked a stage running still exists (unknowable on another host)."""
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -66,11 +66,67 @@ def test_stage_reruns_alone_and_invalidates_downstream(tiny_run, tmp_path, capsy
     run = RunDir(run_path)
     assert run.stage_status("score") == "done"
     assert run.manifest()["stages"]["score"]["k"] == 3
-    assert run.stage_status("project") == "stale"  # its input changed
-    assert main(["render", str(run_path), "-q"]) == 2
-    assert "stage 'project' is stale" in capsys.readouterr().err
+    # Only the stages that read scores.parquet are stale: the projection does not read it.
+    assert run.stage_status("project") == "done"
+    assert run.stage_status("render") == "stale"
+    assert run.manifest()["stages"]["render"]["because"] == "score was redone"
     assert main(["project", str(run_path), "-q"]) == 0
+    assert run.stage_status("score") == "done"
     assert main(["render", str(run_path), "-q"]) == 0
+    assert run.stage_status("render") == "done"
+    assert run.manifest()["stages"]["render"]["seconds"] >= 0
+
+
+def test_stage_table_decides_what_goes_stale():
+    from ftviz.rundir import STAGE_NAMES, stages_reading
+
+    assert stages_reading("train") == [name for name in STAGE_NAMES if name != "train"]
+    assert "project" not in stages_reading("score")
+    assert "render" in stages_reading("score") and "render" in stages_reading("project")
+    assert stages_reading("render") == []
+
+
+def test_bad_stage_settings_fail_before_any_work(tiny_run, tmp_path, capsys):
+    run_path = tmp_path / "copy"
+    shutil.copytree(tiny_run.path, run_path)
+    before = (run_path / "frames.npy").read_bytes()
+    assert main(["project", str(run_path), "-q", "--set", "project.reference=bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "project.reference" in err and "Traceback" not in err
+    run = RunDir(run_path)
+    assert run.stage_status("project") == "done" and run.stage_status("render") == "done"
+    assert (run_path / "frames.npy").read_bytes() == before
+
+
+def test_a_stage_that_raises_is_marked_failed_with_its_error(tiny_run, tmp_path, capsys):
+    run_path = tmp_path / "copy"
+    shutil.copytree(tiny_run.path, run_path)
+    run = RunDir(run_path)
+    last = run.snapshot_steps()[-1]
+    (run.snapshots_dir / f"step-{last:07d}.npz").write_bytes(b"not a zip file")
+    assert main(["score", str(run_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    entry = run.manifest()["stages"]["score"]
+    assert entry["status"] == "failed"
+    assert entry["error"] in err and "corrupt" in entry["error"]
+    assert run.stage_status("render") == "stale"  # it read the scores being replaced
+    assert main(["render", str(run_path), "-q"]) == 2
+    assert "stage 'score' is failed" in capsys.readouterr().err
+
+
+def test_a_stage_left_running_by_a_dead_process_reads_interrupted(tiny_run, tmp_path):
+    import socket
+    import subprocess
+
+    run_path = tmp_path / "copy"
+    shutil.copytree(tiny_run.path, run_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    run = RunDir(run_path)
+    manifest = json.loads(run.manifest_path.read_text())
+    manifest["stages"]["score"] = {"status": "running", "pid": dead.pid, "host": socket.gethostname()}
+    run.manifest_path.write_text(json.dumps(manifest))
+    assert run.stage_status("score") == "interrupted"
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
