@@ -127,6 +127,21 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# Test hook, for tests/test_kill.py only: with FTVIZ_TEST_KILL_AT set, the process sends itself
+# a signal (SIGKILL, or the one FTVIZ_TEST_KILL_SIGNAL names, e.g. SIGINT) at that point, so a
+# test stops a run exactly there. Points: "stage:NAME" (stage NAME just marked running),
+# "write:FILE" (inside an atomic write of FILE: the temporary file is complete, not renamed
+# yet), "wrote:FILE" (FILE just renamed into place); FILE is a base name, the first write fires.
+KILL_AT_ENV = "FTVIZ_TEST_KILL_AT"
+
+
+def _test_kill_point(point: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == point:
+        import signal
+
+        os.kill(os.getpid(), getattr(signal, os.environ.get("FTVIZ_TEST_KILL_SIGNAL", "SIGKILL")))
+
+
 @contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
@@ -141,7 +156,9 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        _test_kill_point(f"write:{final.name}")
         os.replace(tmp, final)
+        _test_kill_point(f"wrote:{final.name}")
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -288,6 +305,7 @@ class RunDir:
         record = dict(info)
         self.mark_stage(name, "running", **info)
         try:
+            _test_kill_point(f"stage:{name}")
             yield record
         except KeyboardInterrupt:
             self._mark_quietly(name, "interrupted", record)
