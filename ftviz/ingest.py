@@ -31,8 +31,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ftviz.errors import FtvizError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -136,19 +134,6 @@ def metrics_from_log_history(history: list[dict]) -> list[dict]:
     return rows
 
 
-def probe_metrics(logits: np.ndarray, given: np.ndarray, true: np.ndarray) -> dict:
-    """Cross-entropy against the given labels and accuracy against given and true labels."""
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    predicted = logits.argmax(1)
-    return {
-        "loss": float(-log_probs[np.arange(len(given)), given].mean()),
-        "accuracy": float((predicted == given).mean()),
-        "true_accuracy": float((predicted == true).mean()),
-    }
-
-
 # ---- models -----------------------------------------------------------------------------
 def read_model_config(checkpoint: Checkpoint):
     from transformers import AutoConfig
@@ -202,13 +187,18 @@ def _classifier_probe(hf_model, settings):
             self.num_classes = head.out_features
             self.embedding_dim = head.in_features
             self._captured = None
-            head.register_forward_hook(self._capture)
 
         def _capture(self, module, inputs, output):
             self._captured = inputs[0]
 
         def embed(self, pixel_values):
-            logits = self.hf_model(pixel_values=pixel_values).logits
+            # Hooked only while probing: in training the hook would hold the last batch's
+            # activations (and their graph) between steps.
+            handle = head.register_forward_hook(self._capture)
+            try:
+                logits = self.hf_model(pixel_values=pixel_values).logits
+            finally:
+                handle.remove()
             embedding = self._captured.reshape(len(pixel_values), -1)
             self._captured = None
             return embedding, logits
@@ -273,15 +263,13 @@ def ingest_checkpoints(
     -------
     The :class:`ftviz.rundir.RunDir` with stage "train" done.
     """
-    import pandas as pd
-    import torch
     from tqdm.auto import tqdm
 
     from ftviz.data import load_splits
-    from ftviz.embed import probe_forward, resolve_device, resolve_precision
+    from ftviz.embed import resolve_device
     from ftviz.models.hub import load_processor_settings
     from ftviz.pipeline import new_run_manifest, prepare_run, write_samples
-    from ftviz.rundir import write_parquet
+    from ftviz.recorder import Recorder
 
     folder = Path(checkpoints_dir).expanduser()
     # Everything that can be wrong with the input is checked before the run folder is touched.
@@ -294,7 +282,6 @@ def ingest_checkpoints(
     splits = load_splits(config.data, seed=config.seed)
     check_labels(model_config, splits.class_names, config.data.dataset, checkpoints[0].path, log)
     device = resolve_device(config.train.device)
-    dtype = resolve_precision(config.train.embed_precision, device, inference=True)
 
     def settings_for(checkpoint: Checkpoint):
         return load_processor_settings(
@@ -323,7 +310,11 @@ def ingest_checkpoints(
     if resuming or not run.file("samples.parquet").is_file() or not run.file("probe_images.npy").is_file():
         write_samples(run, splits)  # deterministic from config and seed: safe to write again
 
-    done = [int(s) for s in run.manifest().get("snapshot_steps", [])]
+    recorder = Recorder(run, probe_images=splits.probe.images, probe_labels=splits.probe.labels,
+                        class_names=splits.class_names, probe_true_labels=splits.probe_true_labels,
+                        config=config, probe_split="probe", batch_size=config.train.eval_batch_size,
+                        precision=config.train.embed_precision)
+    done = recorder.restore(logged=[])
     todo = [c for c in checkpoints if c.step not in done]
     log(f"ftviz: {'resuming' if resuming else 'embedding'} {len(todo)} of {len(checkpoints)} checkpoints "
         f"({model_config.model_type}, {len(splits.probe)} probe images, {first_settings.size} px, "
@@ -331,48 +322,35 @@ def ingest_checkpoints(
     if history_path is None:
         log(f"ftviz: note: no {STATE_FILE} in {folder}; the loss curve will show only the probe metrics")
 
-    probe_images = torch.from_numpy(splits.probe.images).to(device)
-    model.to(device)  # the first checkpoint's, loaded above to check it
-    run.mark_stage("train", "running", source="checkpoints", total_steps=checkpoints[-1].step)
-    bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)
-    try:
-        for checkpoint in bar:
-            # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
-            # checkpoint costs little and lets transformers convert legacy key names.
-            if checkpoint is not checkpoints[0]:
-                model = wrap_model(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
-                if model.num_classes != splits.num_classes:
-                    raise FtvizError(
-                        f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "
-                        f"{splits.num_classes}: the folder mixes runs; keep one run's checkpoints"
-                    )
-            embedding, logits = probe_forward(
-                model, probe_images, batch_size=config.train.eval_batch_size, dtype=dtype
-            )
-            if not np.isfinite(embedding).all():
-                raise FtvizError(f"the embeddings of {checkpoint.path} are not finite; is the checkpoint damaged?")
-            run.write_snapshot(checkpoint.step, embedding, logits)
-            done = sorted({*done, checkpoint.step})
-            run.update_manifest(snapshot_steps=done)
-    except BaseException as error:
-        run.mark_stage("train", "failed" if isinstance(error, Exception) else "interrupted",
-                       error=str(error).splitlines()[0] if str(error) else type(error).__name__)
-        raise
-    finally:
-        bar.close()
-
     rows = metrics_from_log_history(history)
     learning_rates = {row["step"]: row["learning_rate"] for row in rows if row["split"] == "train"}
     epochs = {c.step: float(states.get(c.path / STATE_FILE, {}).get("epoch", float("nan"))) for c in checkpoints}
-    for step in done:
-        _, logits = run.load_snapshot(step)
-        rows.append({"step": step, "epoch": epochs.get(step, float("nan")), "split": "probe",
-                     "learning_rate": learning_rates.get(step, float("nan")),
-                     **probe_metrics(logits, splits.probe.labels, splits.probe_true_labels)})
-    columns = ["step", "epoch", "split", "loss", "accuracy", "true_accuracy", "learning_rate"]
-    table = pd.DataFrame(rows, columns=columns).sort_values("step", kind="stable", ignore_index=True)
-    write_parquet(run.file("metrics.parquet"), table)
-    final = rows[-1] if rows else {}
-    run.mark_stage("train", "done", source="checkpoints", snapshots=len(done),
-                   total_steps=checkpoints[-1].step, final_true_accuracy=final.get("true_accuracy"))
+    model.to(device)  # the first checkpoint's, loaded above to check it
+    with run.stage("train", source="checkpoints", total_steps=checkpoints[-1].step) as record:
+        bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)
+        try:
+            for checkpoint in bar:
+                # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
+                # checkpoint costs little and lets transformers convert legacy key names.
+                if checkpoint is not checkpoints[0]:
+                    model = wrap_model(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
+                    if model.num_classes != splits.num_classes:
+                        raise FtvizError(
+                            f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "
+                            f"{splits.num_classes}: the folder mixes runs; keep one run's checkpoints"
+                        )
+                try:
+                    recorder.snapshot(model, checkpoint.step, epoch=epochs.get(checkpoint.step, float("nan")),
+                                      learning_rate=learning_rates.get(checkpoint.step, float("nan")))
+                except FtvizError as error:
+                    if "not finite" in str(error):
+                        raise FtvizError(f"the embeddings of {checkpoint.path} are not finite; is the checkpoint damaged?") from None
+                    raise
+        finally:
+            bar.close()
+        # The Trainer's loss curve first, then the probe rows, step by step.
+        recorder.rows = rows + [r for r in recorder.rows if r["split"] == "probe"]
+        recorder.write_metrics()
+        final = recorder.rows[-1] if recorder.rows else {}
+        record.update(snapshots=len(recorder.snapshot_steps), final_true_accuracy=final.get("true_accuracy"))
     return run

@@ -50,7 +50,7 @@ def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
     ``force``; one stopped anywhere (training, or a later stage) resumes where it stopped.
     """
     run = RunDir(config.run_dir)
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.path.exists() and any(not _partial_write(p) for p in run.path.iterdir()):
         if force:
             shutil.rmtree(run.path)
         elif not run.exists():
@@ -67,8 +67,24 @@ def prepare_run(config, *, force: bool = False) -> tuple[RunDir, bool]:
                     f"{run.path} holds an unfinished run with another config; "
                     "resume it with the same settings or pass --force to start over"
                 )
+            _remove_partial_writes(run)
             return run, True
+    if run.path.exists():
+        _remove_partial_writes(run)
     return run, False
+
+
+def _partial_write(path) -> bool:
+    """A temporary file of an atomic write that a kill stopped before its rename (".NAME.*.tmp")."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+
+
+def _remove_partial_writes(run: RunDir) -> None:
+    # Nothing reads them (every reader opens final names only), but they would pile up, and a
+    # ViT-B resume state is a 1 GB one.
+    for path in list(run.path.rglob(".*.tmp")):
+        if _partial_write(path):
+            path.unlink(missing_ok=True)
 
 
 def new_run_manifest(config, splits, model, *, hf_model=None, **extra) -> dict:
@@ -97,6 +113,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     """All stages for an experiment config; returns the run directory."""
     import torch
 
+    from ftviz import distributed
     from ftviz.data import load_splits
     from ftviz.models import create_model
     from ftviz.train import train
@@ -112,14 +129,26 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         pretrained=config.model.pretrained,
         **config.model.options,
     )
-    run, resuming = prepare_run(config, force=force)
-    if not resuming:
-        run.create(new_run_manifest(config, splits, model))
-        write_samples(run, splits)
+    # Under torchrun every rank gets here; rank 0 alone opens or creates the run directory.
+    rank, _ = distributed.init_from_env()
+
+    def open_run() -> bool:
+        run, resuming = prepare_run(config, force=force)
+        if not resuming:
+            run.create(new_run_manifest(config, splits, model))
+            write_samples(run, splits)
+        return resuming
+
+    resuming = distributed.on_main(open_run)
+    run = RunDir(config.run_dir)
+    if rank != 0:
+        log, progress = (lambda *_: None), False
     log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "
         f"({len(splits.train)} train, {len(splits.probe)} probe) -> {run.path}")
     if run.stage_status("train") != "done":
         train(run, config, splits, model, progress=progress)
+    if rank != 0:
+        return run
     continue_run(run, config, progress=progress, log=log)
     log(f"ftviz: done in {time.perf_counter() - started:.1f} s")
     return run

@@ -1,25 +1,33 @@
-"""One readable training loop with the snapshot hook.
+"""One readable training loop; the recorder takes the snapshots.
 
 Every ``snapshot_every`` optimizer steps, and at step 0 before any update, the probe set goes
-through the live model and its embeddings and logits are written to ``snapshots/``. Train loss
-is logged every step; eval loss and accuracy on the probe at every snapshot. Weights are
-written only for resume (``weights/latest.pt``, model + optimizer, while training runs) and,
-at the end, as ``weights/final.pt`` (the model alone); every snapshot's with save_weights="all".
+through the live model and its embeddings and logits are written to ``snapshots/`` by
+:class:`ftviz.recorder.Recorder`. Train loss is logged every step; eval loss and accuracy on
+the probe at every snapshot. Weights are written only for resume (``weights/latest.pt``,
+model + optimizer, while training runs) and, at the end, as ``weights/final.pt`` (the model
+alone); every snapshot's with save_weights="all".
+
+Several processes: launched by torchrun (or ``accelerate launch``), the model is wrapped in
+torch's DistributedDataParallel and each rank takes its block of every global batch, so the
+global batch, the gradients and the schedule are the ones of a single process; each rank
+embeds its block of the probe and rank 0 writes every file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from ftviz.embed import probe_forward, resolve_device, resolve_precision
+from ftviz import distributed
+from ftviz.embed import resolve_device, resolve_precision
 from ftviz.errors import FtvizError
-from ftviz.rundir import RunDir, atomic_path, write_parquet
+from ftviz.recorder import Recorder
+from ftviz.rundir import RunDir, atomic_path
 
 # Write the resume state at least this often (seconds) besides epoch ends and interrupts:
 # a ViT-B state is ~1 GB, so not at every snapshot.
@@ -42,47 +50,51 @@ def lr_at(step: int, *, total_steps: int, warmup_steps: int, peak: float) -> flo
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _eval_metrics(logits: np.ndarray, given: np.ndarray, true: np.ndarray) -> dict:
-    logits_t = torch.from_numpy(logits.astype(np.float32))
-    loss = F.cross_entropy(logits_t, torch.from_numpy(given)).item()
-    predicted = logits.argmax(1)
-    return {
-        "loss": loss,
-        "accuracy": float((predicted == given).mean()),
-        "true_accuracy": float((predicted == true).mean()),
-    }
+class _TrainingLoss(nn.Module):
+    """``model.training_loss`` as a forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels, labels):
+        return self.model.training_loss(pixels, labels)
 
 
 def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
     """Train ``model`` on ``splits.train`` and snapshot ``splits.probe`` into ``run``.
 
     Resumes from ``weights/latest.pt`` when the run holds one from an unfinished training.
+    Under torchrun every rank calls this with the same arguments; rank 0 writes.
     """
-    import pandas as pd
-
     cfg = config.train
+    rank, world = distributed.rank_and_world()
+    if cfg.batch_size % world:
+        raise FtvizError(f"train.batch_size {cfg.batch_size} does not split over {world} processes; "
+                         f"use a multiple of {world}")
     torch.manual_seed(config.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     train_dtype = resolve_precision(cfg.precision, device, inference=False)
-    embed_dtype = resolve_precision(cfg.embed_precision, device, inference=True)
     model.to(device)
 
     train_images = torch.from_numpy(splits.train.images).to(device)
     train_labels = torch.from_numpy(splits.train.labels).to(device)
-    probe_images = torch.from_numpy(splits.probe.images).to(device)
-    probe_given = splits.probe.labels
-    probe_true = splits.probe_true_labels
+    recorder = Recorder(run, probe_images=splits.probe.images, probe_labels=splits.probe.labels,
+                        class_names=splits.class_names, probe_true_labels=splits.probe_true_labels,
+                        config=config, probe_split="eval", batch_size=cfg.eval_batch_size,
+                        precision=cfg.embed_precision)
 
     micro_per_epoch = max(1, len(train_labels) // cfg.batch_size)  # drop the ragged last batch
     steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
     schedule = snapshot_schedule(total_steps, cfg.snapshot_every)
+    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
 
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
-    start_step, metric_rows, done_snapshots = 0, [], []
+    start_step = 0
     resume_path = run.weights_dir / "latest.pt"
     if resume_path.is_file():
         state = torch.load(resume_path, map_location=device, weights_only=False)
@@ -95,11 +107,19 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
         torch.set_rng_state(state["torch_rng"])
-        metric_rows = [row for row in state["metrics"] if row["step"] <= start_step]
-        done_snapshots = [s for s in run.manifest().get("snapshot_steps", []) if s <= start_step]
+        recorder.restore(start_step, rows=[row for row in state["metrics"] if row["step"] <= start_step])
+    else:  # a fresh start: any snapshot listed from a run killed before its first resume state is redone
+        recorder.restore(-1, rows=[])
+    # Gradients are averaged over the ranks, so each rank's mean loss over its block gives
+    # the gradient of the global batch's mean loss (blocks are equal: batch_size % world == 0).
+    loss_module = _TrainingLoss(model)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     def save_resume_state(step: int) -> None:
-        if cfg.save_weights == "none":
+        if cfg.save_weights == "none" or rank != 0:
             return
         state = {
             "model": model.state_dict(),
@@ -107,25 +127,17 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
             "step": step,
             "total_steps": total_steps,
             "torch_rng": torch.get_rng_state(),
-            "metrics": metric_rows,
+            "metrics": recorder.rows,
             "config": config.to_dict(),
         }
         with atomic_path(resume_path) as tmp:
             torch.save(state, tmp)
 
     def snapshot(step: int) -> None:
-        embedding, logits = probe_forward(model, probe_images, batch_size=cfg.eval_batch_size, dtype=embed_dtype)
-        if not np.isfinite(embedding).all():
-            raise FtvizError(f"the embeddings at step {step} are not finite: lower train.lr")
-        run.write_snapshot(step, embedding, logits)
-        metric_rows.append(
-            {"step": step, "epoch": step / steps_per_epoch, "split": "eval",
-             "learning_rate": lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr),
-             **_eval_metrics(logits.astype(np.float32), probe_given, probe_true)}
-        )
-        done_snapshots.append(step)
-        write_parquet(run.file("metrics.parquet"), pd.DataFrame(metric_rows))
-        run.update_manifest(snapshot_steps=done_snapshots)
+        recorder.snapshot(model, step, epoch=step / steps_per_epoch,
+                          learning_rate=lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr))
+        if rank != 0:
+            return
         if cfg.save_weights == "all":
             model.save_pretrained(run.weights_dir / f"step-{step:07d}")
         # Families with more to show per snapshot (the diffusion model's generated samples).
@@ -133,59 +145,63 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
         if on_snapshot is not None:
             on_snapshot(run, step)
 
-    run.mark_stage("train", "running", total_steps=total_steps)
-    bar = _progress(total_steps, start_step, enabled=progress)
+    stage = run.stage("train", total_steps=total_steps, processes=world) if rank == 0 else contextlib.nullcontext({})
+    bar = _progress(total_steps, start_step, enabled=progress and rank == 0)
     last_resume_save = time.monotonic()
     step = start_step
-    try:
-        if step == 0 and 0 not in done_snapshots:
-            snapshot(0)
-        model.train()
-        while step < total_steps:
-            lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                index = _micro_batch(step * cfg.grad_accum + micro, micro_per_epoch, cfg.batch_size,
-                                     len(train_labels), config.seed, device)
-                pixels = model.preprocess(train_images[index])
-                with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
-                    loss = model.training_loss(pixels, train_labels[index])
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_loss = loss_sum / cfg.grad_accum
-            if not math.isfinite(train_loss):
-                raise FtvizError(f"the training loss became {train_loss} at step {step}: lower train.lr")
-            metric_rows.append({"step": step, "epoch": step / steps_per_epoch, "split": "train",
-                                "loss": train_loss, "accuracy": float("nan"),
-                                "true_accuracy": float("nan"), "learning_rate": lr})
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}")
-            if step in schedule:
-                snapshot(step)
-            if step % steps_per_epoch == 0 or time.monotonic() - last_resume_save > RESUME_EVERY_S:
-                if step < total_steps:
-                    save_resume_state(step)
-                    last_resume_save = time.monotonic()
-    except KeyboardInterrupt:
-        save_resume_state(step)
-        run.mark_stage("train", "interrupted", step=step, total_steps=total_steps)
-        raise
-    finally:
-        bar.close()
-    if cfg.save_weights != "none":
-        # Done: the optimizer state (2/3 of a resume file) has no use any more; keep the model.
-        with atomic_path(run.weights_dir / "final.pt") as tmp:
-            torch.save({"model": model.state_dict(), "step": step, "config": config.to_dict()}, tmp)
-        resume_path.unlink(missing_ok=True)
-    final = metric_rows[-1] if metric_rows else {}
-    run.mark_stage("train", "done", total_steps=total_steps, snapshots=len(done_snapshots),
-                   final_true_accuracy=final.get("true_accuracy"))
+    with stage as record:
+        try:
+            if step == 0 and 0 not in recorder.snapshot_steps:
+                snapshot(0)
+            model.train()
+            while step < total_steps:
+                lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak=cfg.lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = 0.0
+                for micro in range(cfg.grad_accum):
+                    index = _micro_batch(step * cfg.grad_accum + micro, micro_per_epoch, cfg.batch_size,
+                                         len(train_labels), config.seed, device)[shard]
+                    pixels = model.preprocess(train_images[index])
+                    # Gradients are exchanged once per optimizer step, at the last micro-batch.
+                    sync = world == 1 or micro == cfg.grad_accum - 1
+                    with contextlib.nullcontext() if sync else loss_module.no_sync():
+                        with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
+                            loss = loss_module(pixels, train_labels[index])
+                        (loss / cfg.grad_accum).backward()
+                    loss_sum += loss.item()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_loss = distributed.mean_across(loss_sum / cfg.grad_accum, device)
+                if not math.isfinite(train_loss):
+                    raise FtvizError(f"the training loss became {train_loss} at step {step}: lower train.lr")
+                recorder.log(step, epoch=step / steps_per_epoch, loss=train_loss, learning_rate=lr)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3f}")
+                if step in schedule:
+                    snapshot(step)
+                if step % steps_per_epoch == 0 or time.monotonic() - last_resume_save > RESUME_EVERY_S:
+                    if step < total_steps:
+                        save_resume_state(step)
+                        last_resume_save = time.monotonic()
+        except KeyboardInterrupt:
+            save_resume_state(step)
+            record["step"] = step
+            raise
+        finally:
+            bar.close()
+        recorder.write_metrics()
+        if cfg.save_weights != "none" and rank == 0:
+            # Done: the optimizer state (2/3 of a resume file) has no use any more; keep the model.
+            with atomic_path(run.weights_dir / "final.pt") as tmp:
+                torch.save({"model": model.state_dict(), "step": step, "config": config.to_dict()}, tmp)
+            resume_path.unlink(missing_ok=True)
+        evals = [row for row in recorder.rows if row["split"] == "eval"]
+        record.update(snapshots=len(recorder.snapshot_steps),
+                      final_true_accuracy=evals[-1]["true_accuracy"] if evals else None)
+    distributed.barrier()  # the other ranks wait until rank 0 has marked training done
 
 
 def _micro_batch(index: int, per_epoch: int, batch_size: int, n: int, seed: int, device) -> torch.Tensor:
