@@ -8,6 +8,7 @@ from ftviz.data import (
     inject_label_noise,
     load_digits_images,
     load_splits,
+    most_confused_classes,
     stratified_indices,
 )
 from ftviz.errors import FtvizError
@@ -99,3 +100,55 @@ def test_sizes_equal_to_the_split_take_all_of_it():
     assert len(splits.train) == len(splits.probe) == 1797
     with pytest.raises(FtvizError, match="data.train_size = 21 but the label array has only 20 images"):
         stratified_indices(np.arange(20) % 2, 21, seed=0, key="data.train_size", source="the label array")
+
+
+# ---- label noise kinds ---------------------------------------------------------------------
+DIGITS_CONFUSED_WITH = [6, 9, 3, 9, 8, 9, 1, 8, 1, 7]  # documented in most_confused_classes
+
+
+def test_most_confused_classes_on_digits_is_the_documented_map():
+    digits = load_digits_images(32)
+    confused = most_confused_classes(digits.images, digits.labels, 10)
+    assert confused.tolist() == DIGITS_CONFUSED_WITH
+    assert np.all(confused != np.arange(10))
+
+
+def test_most_confused_classes_follows_the_nearest_class_mean_classifier():
+    """Hand-made 1-pixel images: class 0 sits between 1 (near) and 2 (far); 1 overlaps 0."""
+    values = np.array([0, 0, 0, 9, 10, 10, 10, 50, 50, 50], dtype=np.uint8)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    images = np.repeat(values[:, None, None, None], 3, axis=3)  # (N, 1, 1, 3)
+    # means: class 0 = 2.25, class 1 = 10, class 2 = 50. Image 3 (value 9) of class 0 is nearer
+    # class 1's mean: one confusion 0 -> 1. Class 1 and 2 are never confused: nearest mean.
+    assert most_confused_classes(images, labels, 3).tolist() == [1, 0, 1]
+
+
+def test_asymmetric_noise_flips_exactly_to_the_mapped_class():
+    labels = np.repeat(np.arange(10), 100)
+    confused_with = np.array(DIGITS_CONFUSED_WITH)
+    noisy, flipped = inject_label_noise(labels, 0.1, 10, seed=3, kind="asymmetric", confused_with=confused_with)
+    assert flipped.sum() == 100
+    np.testing.assert_array_equal(noisy[flipped], confused_with[labels[flipped]])
+    np.testing.assert_array_equal(noisy[~flipped], labels[~flipped])
+    symmetric, same_choice = inject_label_noise(labels, 0.1, 10, seed=3)
+    np.testing.assert_array_equal(flipped, same_choice)  # same samples chosen, other targets
+
+
+def test_asymmetric_splits_use_one_map_for_train_and_probe_and_record_it():
+    splits = load_splits(DataConfig(noise="asymmetric", probe="test"), seed=0)
+    assert len(splits.noise_map) == 10 and all(c != t for c, t in enumerate(splits.noise_map))
+    for given, true in ((splits.train.labels, splits.train_true_labels), (splits.probe.labels, splits.probe_true_labels)):
+        flipped = given != true
+        assert flipped.sum() == round(0.1 * len(given))
+        np.testing.assert_array_equal(given[flipped], np.array(splits.noise_map)[true[flipped]])
+    assert load_splits(DataConfig(), seed=0).noise_map is None
+
+
+def test_unknown_noise_kind_is_a_one_line_error():
+    from ftviz.config import load_config
+
+    with pytest.raises(FtvizError, match="unknown label noise 'uniform'; set data.noise to one of") as error:
+        inject_label_noise(np.arange(10) % 2, 0.0, 2, seed=0, kind="uniform")
+    assert "\n" not in str(error.value)
+    with pytest.raises(FtvizError, match="data.noise must be 'symmetric' or 'asymmetric', got 'pairs'"):
+        load_config(None, ["data.noise=pairs"])
