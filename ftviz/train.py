@@ -149,6 +149,9 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
     bar = _progress(total_steps, start_step, enabled=progress and rank == 0)
     last_resume_save = time.monotonic()
     step = start_step
+    # False from an optimizer update until its step's snapshot and resume state are written:
+    # a state saved in between would not match the snapshots on disk.
+    consistent = True
     with stage as record:
         try:
             if step == 0 and 0 not in recorder.snapshot_steps:
@@ -171,6 +174,7 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
                         (loss / cfg.grad_accum).backward()
                     loss_sum += loss.item()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                consistent = False
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -186,8 +190,13 @@ def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
                     if step < total_steps:
                         save_resume_state(step)
                         last_resume_save = time.monotonic()
+                consistent = True
         except KeyboardInterrupt:
-            save_resume_state(step)
+            # Ctrl-C half-way through an update or its snapshot: saving now would apply that
+            # update twice or skip that snapshot on resume; the last state saved between steps
+            # (end of epoch, or every RESUME_EVERY_S) is resumed from instead.
+            if consistent:
+                save_resume_state(step)
             record["step"] = step
             raise
         finally:

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ftviz.cli import main
@@ -130,29 +131,35 @@ def test_a_stage_left_running_by_a_dead_process_reads_interrupted(tiny_run, tmp_
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """Ctrl-C inside the step-8 snapshot: the resume state stays the one saved between steps
+    (end of epoch 1, step 6), and the resumed run equals a straight one exactly."""
+    import torch
+
     from ftviz.models.vit import ViTProbe
     from ftviz.pipeline import run_experiment
 
     reference = run_experiment(tiny_config(tmp_path, name="straight"), progress=False, log=lambda *_: None)
 
-    def interrupt_at_step_6(self, run, step):
-        if step == 6:
+    def interrupt_at_step_8(self, run, step):
+        if step == 8:
             raise KeyboardInterrupt
 
     config = tiny_config(tmp_path, name="interrupted")
-    monkeypatch.setattr(ViTProbe, "on_snapshot", interrupt_at_step_6, raising=False)
+    monkeypatch.setattr(ViTProbe, "on_snapshot", interrupt_at_step_8, raising=False)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, progress=False, log=lambda *_: None)
     run = RunDir(tmp_path / "interrupted")
     assert run.stage_status("train") == "interrupted"
-    assert run.manifest()["snapshot_steps"] == [0, 2, 4, 6]
+    assert run.manifest()["snapshot_steps"] == [0, 2, 4, 6, 8]
+    assert torch.load(run.weights_dir / "latest.pt", weights_only=False)["step"] == 6
     monkeypatch.undo()
     run_experiment(config, progress=False, log=lambda *_: None)
     assert run.manifest()["snapshot_steps"] == [0, 2, 4, 6, 8, 10, 12]
-    for step in (8, 12):
-        resumed, _ = run.load_snapshot(step)
-        straight, _ = reference.load_snapshot(step)
-        np.testing.assert_allclose(resumed.astype(np.float32), straight.astype(np.float32), atol=2e-3)
+    for step in run.manifest()["snapshot_steps"]:
+        for resumed, straight in zip(run.load_snapshot(step), reference.load_snapshot(step)):
+            np.testing.assert_array_equal(resumed, straight)
+    pd.testing.assert_frame_equal(run.metrics(), reference.metrics())
+    np.testing.assert_array_equal(run.frames(), reference.frames())
 
 
 def _one_line_error(capsys) -> str:
