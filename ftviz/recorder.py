@@ -197,7 +197,8 @@ class Recorder:
             self.rows = [r for r in self.rows if not (r["split"] == self.probe_split and r["step"] == step)]
             self.rows.append(self._probe_row(step, logits, row))
             self.write_metrics()
-            self.snapshot_steps = sorted({*self.snapshot_steps, step})
+        self.snapshot_steps = sorted({*self.snapshot_steps, step})  # on every rank: it decides what is left
+        if self.is_main:
             self.run.update_manifest(snapshot_steps=self.snapshot_steps)
         return embedding, logits
 
