@@ -251,8 +251,17 @@ class RunDir:
             )
         try:
             data = json.loads(self.manifest_path.read_text())
+            damage = None if isinstance(data, dict) else "not a JSON object"
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FtvizError(f"{self.manifest_path} is corrupt ({error}); rerun the experiment") from None
+            damage = "empty" if not self.manifest_path.stat().st_size else str(error).splitlines()[0]
+        if damage:
+            # ftviz writes run.json atomically, so this is damage from outside (disk, editor,
+            # copy): the config and stage record are gone and cannot be rebuilt from the files.
+            raise FtvizError(
+                f"{self.manifest_path} is damaged ({damage}): the run's config and stage record are lost; "
+                "start it again with the command that made it plus --force (ftviz run ... --force, or "
+                "ftviz embed ... --force)"
+            )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise FtvizError(
