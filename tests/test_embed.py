@@ -28,10 +28,11 @@ def test_bf16_snapshots_agree_with_fp32(model_and_images):
     assert (full_logits.argmax(1) == half_logits.argmax(1)).mean() > 0.95
 
 
-def test_probe_forward_is_batch_independent_and_float16(model_and_images):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_probe_forward_is_batch_independent_and_float16(model_and_images, dtype):
     model, images = model_and_images
-    one, logits = probe_forward(model, images, batch_size=300)
-    many, _ = probe_forward(model, images, batch_size=7)
+    one, logits = probe_forward(model, images, batch_size=300, dtype=dtype)
+    many, _ = probe_forward(model, images, batch_size=7, dtype=dtype)
     assert one.dtype == np.float16 and one.shape == (300, 128) and logits.shape == (300, 10)
     np.testing.assert_allclose(one.astype(np.float32), many.astype(np.float32), atol=2e-3)
     assert model.training  # restored after the probe
@@ -45,3 +46,17 @@ def test_devices_and_precisions():
     if not torch.cuda.is_available():
         with pytest.raises(FtvizError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["cpu-with-bf16", "cpu-without-bf16"])
+def test_auto_precision_on_both_kinds_of_cpu(monkeypatch, native_bf16):
+    """Precision "auto" embeds in bf16 only on CPUs that do bf16 natively and never trains in
+    it on a CPU; both answers are checked whatever this machine's CPU is (its flag is replaced)."""
+    import ftviz.embed
+
+    monkeypatch.setattr(ftviz.embed, "cpu_has_fast_bf16", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, inference=True) is (torch.bfloat16 if native_bf16 else None)
+    assert resolve_precision("auto", cpu, inference=False) is None
+    assert resolve_precision("fp32", cpu, inference=True) is None
+    assert resolve_precision("bf16", cpu, inference=True) is torch.bfloat16

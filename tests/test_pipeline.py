@@ -12,37 +12,84 @@ from ftviz.rundir import RunDir
 from tests.conftest import tiny_config
 
 
-def test_run_directory_contract(tiny_run):
-    manifest = tiny_run.manifest()
-    assert {stage: info["status"] for stage, info in manifest["stages"].items()} == {
-        "train": "done", "score": "done", "project": "done", "render": "done"}
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def precision_run(request, tmp_path_factory):
+    """The tiny run with the probe embedded in each precision explicitly: "auto" picks bf16 only
+    on CPUs with native bf16, so a test on "auto" would cover one path or the other by machine."""
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path_factory.mktemp(f"runs-{request.param}"), train={"embed_precision": request.param})
+    return run_experiment(config, progress=False, log=lambda *_: None)
+
+
+def test_run_directory_contract(precision_run):
+    from ftviz.rundir import STAGE_NAMES
+
+    run = precision_run
+    manifest = run.manifest()
+    assert {stage: info["status"] for stage, info in manifest["stages"].items()} == dict.fromkeys(STAGE_NAMES, "done")
     steps = manifest["snapshot_steps"]
     assert steps == [0, 2, 4, 6, 8, 10, 12]  # 200 // 32 = 6 steps per epoch, 2 epochs
-    samples = tiny_run.samples()
+    samples = run.samples()
     n = len(samples)
     assert n == manifest["probe_size"] == 200
     assert samples["is_noisy"].sum() == manifest["noisy_probe_samples"] == 20
     assert (samples["given_label"] != samples["true_label"]).sum() == 20
-    embedding, logits = tiny_run.load_snapshot(4)
+    embedding, logits = run.load_snapshot(4)
     assert embedding.dtype == np.float16 and embedding.shape == (n, 32)
     assert logits.dtype == np.float16 and logits.shape == (n, 10)
-    frames = tiny_run.frames()
+    frames = run.frames()
     assert frames.shape == (7, n, 2) and frames.dtype == np.float32
-    scores = tiny_run.scores()
+    scores = run.scores()
     assert len(scores) == 7 * n
     assert sorted(scores["step"].unique()) == steps
     assert scores["outlier_score"].between(0, 1).all()
-    metrics = tiny_run.metrics()
+    metrics = run.metrics()
     assert metrics[metrics.split == "eval"]["step"].tolist() == steps
     assert metrics[metrics.split == "train"]["step"].tolist() == list(range(1, 13))
-    projection = tiny_run.projection()
+    projection = run.projection()
     assert projection["step"].tolist() == steps
     assert np.isnan(projection["disparity_to_previous"].iloc[0])
     assert projection["knn_overlap"].between(0, 1).all()
-    assert (tiny_run.path / "animation.html").stat().st_size > 1_000_000  # plotly.js inside
-    assert (tiny_run.path / "weights" / "final.pt").is_file()
-    assert not (tiny_run.path / "weights" / "latest.pt").exists()  # resume state dropped when done
-    assert np.load(tiny_run.path / "probe_images.npy").shape == (n, 16, 16, 3)
+    assert (run.path / "animation.html").stat().st_size > 1_000_000  # plotly.js inside
+    assert not (run.path / "weights" / "latest.pt").exists()  # resume state dropped when done
+    assert np.load(run.path / "probe_images.npy").shape == (n, 16, 16, 3)
+
+
+def test_final_weights_reproduce_the_last_snapshot(precision_run):
+    """weights/final.pt loaded into a model built by name from run.json gives the last
+    snapshot's embeddings and logits again, in the precision the run used."""
+    import torch
+
+    from ftviz.embed import probe_forward, resolve_precision
+    from ftviz.models import create_model
+
+    run = precision_run
+    manifest = run.manifest()
+    config, last = manifest["config"], manifest["snapshot_steps"][-1]
+    state = torch.load(run.weights_dir / "final.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == last and state["config"] == config
+
+    def model_from_run_json():
+        return create_model(config["model"]["name"], num_classes=manifest["model"]["num_classes"],
+                            image_size=config["data"]["image_size"], pretrained=config["model"]["pretrained"],
+                            **config["model"]["options"])
+
+    def probe(model):
+        dtype = resolve_precision(config["train"]["embed_precision"], torch.device("cpu"), inference=True)
+        assert dtype is (torch.bfloat16 if config["train"]["embed_precision"] == "bf16" else None)
+        images = torch.from_numpy(run.probe_images())
+        return probe_forward(model, images, batch_size=config["train"]["eval_batch_size"], dtype=dtype)
+
+    model = model_from_run_json()
+    model.load_state_dict(state["model"])
+    embedding, logits = probe(model)
+    stored_embedding, stored_logits = run.load_snapshot(last)
+    np.testing.assert_array_equal(embedding, stored_embedding)
+    np.testing.assert_array_equal(logits, stored_logits)
+    # and the check can fail: the weights at initialisation give other embeddings
+    untrained, _ = probe(model_from_run_json())
+    assert np.abs(untrained.astype(np.float32) - stored_embedding.astype(np.float32)).max() > 0.1
 
 
 def test_snapshots_are_captured_from_the_live_model(tiny_run):
