@@ -95,7 +95,7 @@ def _add_optional_commands(sub, add) -> None:
     """Subcommands whose modules register themselves (embed, spotlight, compare)."""
     import importlib
 
-    for module in ("ftviz.cli_embed", "ftviz.cli_spotlight", "ftviz.cli_compare"):
+    for module in ("ftviz.cli_embed", "ftviz.cli_spotlight", "ftviz.cli_compare", "ftviz.cli_quality"):
         try:
             importlib.import_module(module).register(add)
         except ModuleNotFoundError as error:

@@ -1,0 +1,92 @@
+"""``ftviz quality RUN``: the label-issue detectors' table and the most suspicious samples."""
+
+from __future__ import annotations
+
+import math
+
+
+def register(add) -> None:
+    p = add("quality", cmd_quality, "print the label-issue detectors of a run (AUROC, AP, P/R/F1 "
+                                    "against the injected noise) and its most suspicious samples")
+    p.add_argument("run", help="run directory (runs/<name>) with the detect stage done")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="suspicious samples to list (default 10)")
+    p.add_argument("--frames", action="store_true", help="also list single-frame Cleanlab at every snapshot")
+
+
+def cmd_quality(args) -> None:
+    from ftviz.detectors import load_detectors, load_suspicion
+    from ftviz.errors import FtvizError
+    from ftviz.rundir import RunDir
+
+    if args.top < 0:
+        raise FtvizError(f"--top must be >= 0 (got {args.top})")
+    run = RunDir(args.run)
+    suspicion = load_suspicion(run)
+    detectors = load_detectors(run)
+    flagged = int(suspicion["is_label_issue"].sum())
+    print(f"{run.path}: {flagged} of {len(suspicion)} probe samples flagged as label issues")
+    if detectors is None:
+        print("(no injected noise in this run: no detector table to measure against)")
+    else:
+        rows = detectors if args.frames else detectors[detectors["detector"] != "cleanlab_frame"]
+        print()
+        print(format_detectors(rows))
+    if args.top:
+        print()
+        print(format_top(run, suspicion, args.top))
+
+
+def _cell(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; numbers (everything but the first column) right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_detectors(table) -> str:
+    """detectors.parquet rows as a markdown table."""
+    import pandas as pd
+
+    header = ["detector", "step", "AUROC", "AP", "precision", "recall", "F1", "flagged"]
+    rows = []
+    for row in table.itertuples(index=False):
+        rows.append([
+            row.detector,
+            "–" if pd.isna(row.step) else str(int(row.step)),
+            *(_cell(float(getattr(row, name))) for name in ("auroc", "average_precision", "precision", "recall", "f1")),
+            "–" if pd.isna(row.n_flagged) else str(int(row.n_flagged)),
+        ])
+    return markdown(header, rows)
+
+
+def format_top(run, suspicion, top: int) -> str:
+    """The ``top`` most suspicious samples, with their labels (and the true one under noise)."""
+    import pandas as pd
+
+    samples = run.samples().set_index("id")
+    manifest = run.manifest()
+    names = [str(n) for n in manifest.get("dataset", {}).get("class_names") or []]
+
+    def name(label) -> str:
+        return names[int(label)] if int(label) < len(names) else str(int(label))
+
+    noisy = bool(samples["is_noisy"].any()) if "is_noisy" in samples else False
+    header = ["rank", "id", "given", *(["true"] if noisy else []), "suspicion", "AUM", "flagged", "issue step"]
+    rows = []
+    for row in suspicion.sort_values("suspicion_rank").head(top).itertuples(index=False):
+        sample = samples.loc[row.id]
+        rows.append([
+            str(int(row.suspicion_rank)), str(int(row.id)), name(sample["given_label"]),
+            *([name(sample["true_label"])] if noisy else []),
+            _cell(float(row.suspicion)), _cell(float(row.aum), 2), "yes" if row.is_label_issue else "no",
+            "–" if pd.isna(row.issue_step) else str(int(row.issue_step)),
+        ])
+    return f"Top {len(rows)} suspicious samples\n\n" + markdown(header, rows)

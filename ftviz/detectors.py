@@ -1,0 +1,528 @@
+"""Label-issue detectors that read the whole snapshot history: the "detect" stage.
+
+A single frame of a converged network has memorised most wrong labels, so its Cleanlab score
+misses them; the history still shows them, because a wrong label is learnt late, forgotten
+often and fitted with a negative margin for most of training. Every function here takes and
+returns numpy arrays, keyword-only: ``logits`` is a history (T, N, C) (T snapshots of N probe
+samples, C classes) and ``labels`` the given labels (N,). :func:`detect_run` applies them to a
+run and writes ``suspicion.parquet`` (and ``detectors.parquet`` when noise was injected).
+
+Detectors and the direction in which each one is suspicious:
+
+==========================  ============================================================  =========
+column                      what                                                          suspicious
+==========================  ============================================================  =========
+label_quality_last          Cleanlab self-confidence at the last snapshot                 low
+label_quality_ensemble      Cleanlab self-confidence of the mean softmax over snapshots   low
+aum                         area under the margin (mean logit margin of the given label)  low
+confidence                  data-map confidence: mean probability of the given label      low
+variability                 data-map variability: its standard deviation over snapshots   high
+correctness                 data-map correctness: fraction of snapshots predicting it     low
+forgetting_events           learnt-then-forgotten transitions (never learnt: T)            high
+outlier_score               Cleanlab kNN outlier score at the last snapshot               high
+outlier_rank                rank of outlier_score, 1 = most atypical                      low
+==========================  ============================================================  =========
+
+``confidence`` and ``label_quality_ensemble`` are the same number: Cleanlab's self-confidence of
+the snapshot-mean probabilities is the mean of the per-snapshot probabilities of the given label.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+
+# Column -> +1 if a high value is suspicious, -1 if a low one is (for AUROC and ranking).
+DIRECTION = {
+    "label_quality_last": -1,
+    "label_quality_ensemble": -1,
+    "aum": -1,
+    "confidence": -1,
+    "variability": +1,
+    "correctness": -1,
+    "forgetting_events": +1,
+    "outlier_score": +1,
+    "outlier_rank": -1,
+    "suspicion": +1,
+}
+
+
+def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    logits = np.asarray(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 3 or logits.shape[1] != len(labels):
+        raise ValueError(f"logits must be a history (T, N, C) with N = len(labels); got {logits.shape} and {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[2]):
+        raise ValueError(f"labels must lie in 0..{logits.shape[2] - 1}")
+    return logits, labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 (any leading shape)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def given_logit_margins(*, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Margin of the given label at every snapshot: its logit minus the largest other logit.
+
+    Parameters
+    ----------
+    logits : (T, N, C) history.
+    labels : (N,) given labels.
+
+    Returns
+    -------
+    (T, N) float64; negative where another class is predicted.
+    """
+    logits, labels = _check(logits, labels)
+    z = logits.astype(np.float64)
+    rows = np.arange(len(labels))
+    given = z[:, rows, labels]
+    others = z.copy()
+    others[:, rows, labels] = -np.inf
+    return given - others.max(axis=2)
+
+
+def area_under_margin(*, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Area under the margin (Pleiss, Zhang, Elenberg and Weinberger, "Identifying Mislabeled
+    Data using the Area Under the Margin Ranking", NeurIPS 2020).
+
+    The mean over snapshots of the given label's logit minus the largest other logit. A correct
+    label is fitted early, by generalisation, so its margin is large for most of training; a
+    wrong one is fitted late, by memorisation, so its margin is negative until then.
+
+    Returns (N,) float64, low = suspicious.
+    """
+    return given_logit_margins(logits=logits, labels=labels).mean(axis=0)
+
+
+def data_map(*, logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Data-map coordinates (Swayamdipta et al., "Dataset Cartography: Mapping and Diagnosing
+    Datasets with Training Dynamics", EMNLP 2020).
+
+    Returns
+    -------
+    {"confidence": mean over snapshots of the softmax probability of the given label,
+     "variability": its (population) standard deviation over snapshots,
+     "correctness": fraction of snapshots whose argmax is the given label},
+    each (N,) float64. Mislabelled samples sit at low confidence and low correctness
+    ("hard to learn"); ambiguous ones at high variability.
+    """
+    logits, labels = _check(logits, labels)
+    rows = np.arange(len(labels))
+    p_given = softmax(logits)[:, rows, labels]
+    correct = logits.argmax(axis=2) == labels[None, :]
+    return {
+        "confidence": p_given.mean(axis=0),
+        "variability": p_given.std(axis=0),
+        "correctness": correct.mean(axis=0),
+    }
+
+
+def forgetting_events(*, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Forgetting events (Toneva et al., "An Empirical Study of Example Forgetting during Deep
+    Neural Network Learning", ICLR 2019).
+
+    A forgetting event is a transition from correctly classified (argmax = given label) at one
+    snapshot to misclassified at the next. As in the paper, a sample that is never classified
+    correctly counts as forgotten more often than any other: it gets T, more than the most
+    events a history of T snapshots can hold (T // 2).
+
+    Returns (N,) float64, high = suspicious.
+    """
+    logits, labels = _check(logits, labels)
+    correct = logits.argmax(axis=2) == labels[None, :]
+    events = (correct[:-1] & ~correct[1:]).sum(axis=0).astype(np.float64)
+    events[~correct.any(axis=0)] = float(len(correct))
+    return events
+
+
+def label_quality(*, probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab's label quality (self-confidence) and ``find_label_issues`` flags for (N, C) probs.
+
+    Returns (quality (N,) float64, low = suspicious; issues (N,) bool). Predictions too
+    degenerate for a confident joint (a network that has learnt nothing) flag nothing.
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    labels = np.asarray(labels, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quality = get_label_quality_scores(labels, probs)
+        try:
+            issues = find_label_issues(labels, probs, n_jobs=1)
+        except (ValueError, ZeroDivisionError):
+            issues = np.zeros(len(labels), dtype=bool)
+    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
+
+
+def ensembled_label_quality(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab on snapshot-ensembled probabilities: the mean softmax over snapshots, handed to
+    Cleanlab's ``get_label_quality_scores`` and ``find_label_issues`` (Northcutt, Jiang and
+    Chuang, "Confident Learning", JAIR 2021; snapshot ensembles: Huang et al., ICLR 2017).
+
+    Returns (quality (N,), issues (N,) bool), as :func:`label_quality`.
+    """
+    logits, labels = _check(logits, labels)
+    return label_quality(probs=softmax(logits).mean(axis=0), labels=labels)
+
+
+def rank_descending(values: np.ndarray) -> np.ndarray:
+    """1-based rank, 1 = largest value; ties share the smallest rank ("min" method)."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(values, dtype=np.float64), method="min").astype(np.int64)
+
+
+def stays_flagged_from(*, flags: np.ndarray, steps) -> np.ndarray:
+    """The first step from which each sample stays flagged up to the last snapshot.
+
+    Parameters
+    ----------
+    flags : (T, N) bool, the flag of every sample at every snapshot.
+    steps : (T,) snapshot steps.
+
+    Returns
+    -------
+    (N,) int64, -1 where the sample is not flagged at the last snapshot.
+    """
+    flags = np.asarray(flags, dtype=bool)
+    steps = np.asarray(steps, dtype=np.int64)
+    if flags.ndim != 2 or len(flags) != len(steps):
+        raise ValueError(f"flags must be (T, N) with T = len(steps); got {flags.shape} and {steps.shape}")
+    # Index of the last unflagged snapshot, per sample; the run of flags starts right after it.
+    unflagged = ~flags
+    last_unflagged = np.where(unflagged.any(axis=0), len(flags) - 1 - np.argmax(unflagged[::-1], axis=0), -1)
+    start = last_unflagged + 1
+    out = np.full(flags.shape[1], -1, dtype=np.int64)
+    flagged_now = start < len(flags)
+    out[flagged_now] = steps[start[flagged_now]]
+    return out
+
+
+def learnt_from(*, logits: np.ndarray, labels: np.ndarray, fraction: float = 0.8) -> int:
+    """Index of the first snapshot at which the probe accuracy against the given labels reaches
+    ``fraction`` of its best over the run: before it the network has not learnt the data yet,
+    and its margins (near zero or negative for every sample) say nothing about the labels.
+    """
+    logits, labels = _check(logits, labels)
+    accuracy = (logits.argmax(axis=2) == labels[None, :]).mean(axis=1)
+    return int(np.argmax(accuracy >= fraction * accuracy.max()))
+
+
+def history_flags(
+    *, margins: np.ndarray, frame_flags: np.ndarray, start: int, min_flagged: float = 0.2
+) -> np.ndarray:
+    """The label-issue rule for a probe the network trains on, from the learnt snapshots on.
+
+    A label is an issue if Cleanlab flags it at the last snapshot, or if, over the snapshots
+    from ``start`` on, its mean margin is negative (the area under the margin of Pleiss et al.
+    2020: another class won on average) *and* Cleanlab flagged it at ``min_flagged`` or more of
+    them (the network was confidently wrong about it for a sustained stretch, which a hard but
+    correct label rarely is). The second part finds the wrong labels that memorisation has
+    fitted by the last snapshot; neither part needs the noise rate.
+
+    Parameters
+    ----------
+    margins : (T, N) given-label margins (:func:`given_logit_margins`).
+    frame_flags : (T, N) bool, Cleanlab's ``find_label_issues`` at each snapshot.
+    start : first learnt snapshot (:func:`learnt_from`).
+
+    Returns (N,) bool.
+    """
+    learnt = slice(start, None)
+    memorised = (margins[learnt].mean(axis=0) < 0) & (frame_flags[learnt].mean(axis=0) >= min_flagged)
+    return frame_flags[-1] | memorised
+
+
+def issue_steps_of_history_rule(
+    *, margins: np.ndarray, frame_flags: np.ndarray, accuracy: np.ndarray, steps, fraction: float = 0.8,
+    min_flagged: float = 0.2,
+) -> np.ndarray:
+    """``issue_step`` for :func:`history_flags`: the rule applied to every prefix of the history
+    (as if training had stopped at that snapshot), then :func:`stays_flagged_from`.
+
+    Parameters
+    ----------
+    margins, frame_flags : (T, N) as in :func:`history_flags`.
+    accuracy : (T,) probe accuracy against the given labels at each snapshot.
+
+    Returns (N,) int64 step, -1 where the last prefix (the whole history) does not flag.
+    """
+    T = len(margins)
+    margin_sums = np.vstack([np.zeros((1, margins.shape[1])), np.cumsum(margins, axis=0)])
+    flag_sums = np.vstack([np.zeros((1, margins.shape[1])), np.cumsum(frame_flags, axis=0)])
+    best = np.maximum.accumulate(accuracy)
+    flags = np.empty(margins.shape, dtype=bool)
+    for t in range(T):
+        start = int(np.argmax(accuracy[: t + 1] >= fraction * best[t]))
+        count = t + 1 - start
+        mean_margin = (margin_sums[t + 1] - margin_sums[start]) / count
+        flagged_share = (flag_sums[t + 1] - flag_sums[start]) / count
+        flags[t] = frame_flags[t] | ((mean_margin < 0) & (flagged_share >= min_flagged))
+    return stays_flagged_from(flags=flags, steps=steps)
+
+
+def detect(
+    *,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    steps,
+    frame_quality: np.ndarray,
+    frame_flags: np.ndarray,
+    outlier_score: np.ndarray,
+    probe_trained_on: bool = True,
+    learnt_fraction: float = 0.8,
+    min_flagged: float = 0.2,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Every detector on one history, plus the recommended ``suspicion`` and ``is_label_issue``.
+
+    Parameters
+    ----------
+    logits : (T, N, C) history; labels : (N,) given labels; steps : (T,) snapshot steps.
+    frame_quality, frame_flags : (T, N) Cleanlab label quality and ``find_label_issues`` at each
+        snapshot (the score stage's ``label_quality`` and ``is_label_issue``).
+    outlier_score : (N,) kNN outlier score at the last snapshot.
+    probe_trained_on : whether the network trains on the probe samples (``data.probe = "train"``).
+        Then the last snapshot's probabilities are in-sample, memorisation hides wrong labels, and
+        the recommendation reads the history (:func:`history_flags`, suspicion = sigmoid of minus
+        the area under the margin over the learnt snapshots). For a held-out probe they are
+        out-of-sample, the setting Confident Learning is built for, and the recommendation is
+        Cleanlab at the last snapshot (suspicion = 1 - its label quality).
+
+    Returns
+    -------
+    columns : {name: (N,) array} in ``suspicion.parquet`` order (``issue_step`` int64, -1 = none).
+    flags : {detector: (N,) bool or None}, each detector's own flag rule (None: it has none).
+    """
+    logits, labels = _check(logits, labels)
+    steps = np.asarray(steps, dtype=np.int64)
+    frame_flags = np.asarray(frame_flags, dtype=bool)
+    if frame_flags.shape != logits.shape[:2] or np.shape(frame_quality) != logits.shape[:2]:
+        raise ValueError(f"frame scores must be (T, N) = {logits.shape[:2]}, got {frame_flags.shape}")
+    margins = given_logit_margins(logits=logits, labels=labels)
+    aum = margins.mean(axis=0)
+    dm = data_map(logits=logits, labels=labels)
+    forgotten = forgetting_events(logits=logits, labels=labels)
+    ensemble_quality, ensemble_flags = ensembled_label_quality(logits=logits, labels=labels)
+    accuracy = (logits.argmax(axis=2) == labels[None, :]).mean(axis=1)
+
+    if probe_trained_on:
+        start = learnt_from(logits=logits, labels=labels, fraction=learnt_fraction)
+        suspicion = 1.0 / (1.0 + np.exp(margins[start:].mean(axis=0)))  # sigmoid(-AUM), 0.5 at zero margin
+        is_issue = history_flags(margins=margins, frame_flags=frame_flags, start=start, min_flagged=min_flagged)
+        issue_step = issue_steps_of_history_rule(
+            margins=margins, frame_flags=frame_flags, accuracy=accuracy, steps=steps,
+            fraction=learnt_fraction, min_flagged=min_flagged,
+        )
+    else:
+        suspicion = 1.0 - np.asarray(frame_quality[-1], dtype=np.float64)
+        is_issue = frame_flags[-1].copy()
+        issue_step = stays_flagged_from(flags=frame_flags, steps=steps)
+
+    columns = {
+        "label_quality_last": np.asarray(frame_quality[-1], dtype=np.float64),
+        "label_quality_ensemble": ensemble_quality,
+        "aum": aum,
+        "confidence": dm["confidence"],
+        "variability": dm["variability"],
+        "correctness": dm["correctness"],
+        "forgetting_events": forgotten,
+        "outlier_score": np.asarray(outlier_score, dtype=np.float64),
+        "outlier_rank": rank_descending(outlier_score),
+        "suspicion": suspicion,
+        "suspicion_rank": rank_descending(suspicion),
+        "is_label_issue": is_issue,
+        "issue_step": issue_step,
+    }
+    flags = {
+        "label_quality_last": frame_flags[-1],
+        "label_quality_ensemble": ensemble_flags,
+        "aum": aum < 0,  # the given label lost to another class on average
+        "confidence": dm["confidence"] < 0.5,  # under half the probability on average
+        "variability": None,
+        "correctness": dm["correctness"] < 0.5,  # predicted at under half the snapshots
+        "forgetting_events": forgotten >= 1,  # Toneva et al.'s "forgettable" (never learnt included)
+        "outlier_score": None,
+        "suspicion": is_issue,
+    }
+    return columns, flags
+
+
+def detector_scores(*, score: np.ndarray, flags: np.ndarray | None, is_noisy: np.ndarray) -> dict:
+    """AUROC and average precision of ``score`` (high = suspicious), and precision, recall and F1
+    of ``flags``, against the injected noise ``is_noisy``. NaN where undefined."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    both = 0 < is_noisy.sum() < len(is_noisy)
+    out = {
+        "auroc": float(roc_auc_score(is_noisy, score)) if both else float("nan"),
+        "average_precision": float(average_precision_score(is_noisy, score)) if both else float("nan"),
+        "precision": float("nan"), "recall": float("nan"), "f1": float("nan"), "n_flagged": None,
+    }
+    if flags is not None:
+        flags = np.asarray(flags, dtype=bool)
+        hits = int((flags & is_noisy).sum())
+        precision = hits / flags.sum() if flags.any() else 0.0
+        recall = hits / is_noisy.sum() if is_noisy.any() else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        out.update(precision=float(precision), recall=float(recall), f1=float(f1), n_flagged=int(flags.sum()))
+    return out
+
+
+def detector_table(
+    *, columns: dict, flags: dict, is_noisy: np.ndarray, steps, frame_quality: np.ndarray, frame_flags: np.ndarray
+):
+    """The rows of ``detectors.parquet``: one per detector (step null, except ``label_quality_last``
+    at the last step), then ``cleanlab_frame`` at every snapshot."""
+    import pandas as pd
+
+    rows = []
+    for name, rule in flags.items():
+        score = DIRECTION[name] * np.asarray(columns[name], dtype=np.float64)
+        step = int(steps[-1]) if name == "label_quality_last" else None
+        rows.append({"detector": name, "step": step, **detector_scores(score=score, flags=rule, is_noisy=is_noisy)})
+    for t, step in enumerate(steps):
+        rows.append({"detector": "cleanlab_frame", "step": int(step),
+                     **detector_scores(score=-np.asarray(frame_quality[t], dtype=np.float64), flags=frame_flags[t],
+                                       is_noisy=is_noisy)})
+    table = pd.DataFrame(rows)
+    table["step"] = table["step"].astype("Int64")
+    table["n_flagged"] = table["n_flagged"].astype("Int64")
+    return table
+
+
+# ---- the stage ------------------------------------------------------------------------------
+def load_logits(run, steps) -> np.ndarray:
+    """The logits of every snapshot, (T, N, C) float32, without reading the embeddings."""
+    from ftviz.rundir import snapshot_name
+
+    frames = []
+    for step in steps:
+        path = run.snapshots_dir / snapshot_name(step)
+        try:
+            with np.load(path) as data:
+                frames.append(data["logits"].astype(np.float32))
+        except FileNotFoundError:
+            raise FtvizError(f"{path} is missing; rerun training for this run") from None
+        except Exception as error:
+            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); rerun training") from None
+    return np.stack(frames)
+
+
+def frame_scores(run, scores, steps, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, N) label quality, (T, N) issue flags and (N,) last outlier score from scores.parquet."""
+    table = scores.sort_values(["step", "id"])
+    if len(table) != len(steps) * count or not np.array_equal(np.unique(table["step"]), np.sort(steps)):
+        raise FtvizError(
+            f"{run.path}: scores.parquet does not hold {count} samples at each of the {len(steps)} "
+            f"snapshots; rerun `ftviz score {run.path}`"
+        )
+    shape = (len(steps), count)
+    quality = table["label_quality"].to_numpy(np.float64).reshape(shape)
+    flags = table["is_label_issue"].to_numpy(bool).reshape(shape)
+    outlier = table["outlier_score"].to_numpy(np.float64).reshape(shape)[-1]
+    return quality, flags, outlier
+
+
+def probe_is_trained_on(manifest: dict) -> bool:
+    """Whether the run's network trained on its probe samples (``data.probe = "train"``)."""
+    return manifest.get("config", {}).get("data", {}).get("probe", "train") == "train"
+
+
+def detect_run(run, config=None, *, progress: bool = True) -> None:
+    """The "detect" stage: write ``suspicion.parquet`` and, under injected noise, ``detectors.parquet``.
+
+    Reads ``snapshots/`` (logits only), ``samples.parquet`` and ``scores.parquet``; ``config``
+    is a :class:`ftviz.config.DetectConfig` (None = defaults).
+    """
+    import pandas as pd
+
+    from ftviz.rundir import write_parquet
+
+    run.require("train")
+    run.require("score")
+    rule = getattr(config, "rule", "auto")
+    fraction = getattr(config, "learnt_fraction", 0.8)
+    min_flagged = getattr(config, "min_flagged", 0.2)
+    if rule not in ("auto", "history", "last"):
+        raise FtvizError(f"detect.rule must be auto, history or last, got {rule!r}")
+    manifest = run.manifest()
+    trained_on = probe_is_trained_on(manifest) if rule == "auto" else rule == "history"
+    with _stage(run, rule=rule, history=trained_on) as record:
+        samples = run.samples().sort_values("id").reset_index(drop=True)
+        count = len(samples)
+        steps = run.snapshot_steps()
+        if not steps:
+            raise FtvizError(f"{run.path} has no snapshots; rerun training")
+        logits = load_logits(run, steps)
+        if logits.shape[1] != count:
+            raise FtvizError(f"{run.path}: snapshots hold {logits.shape[1]} samples, samples.parquet {count}; rerun training")
+        quality, frame_flags, outlier = frame_scores(run, run.scores(), steps, count)
+        labels = samples["given_label"].to_numpy(np.int64)
+        columns, flags = detect(
+            logits=logits, labels=labels, steps=steps, frame_quality=quality, frame_flags=frame_flags,
+            outlier_score=outlier, probe_trained_on=trained_on, learnt_fraction=fraction, min_flagged=min_flagged,
+        )
+        table = pd.DataFrame({"id": samples["id"].to_numpy(np.int64), **columns})
+        table["issue_step"] = table["issue_step"].where(table["issue_step"] >= 0).astype("Int64")  # null: never
+        write_parquet(run.file("suspicion.parquet"), table)
+        record["flagged"] = int(columns["is_label_issue"].sum())
+        noisy = samples["is_noisy"].to_numpy(bool) if "is_noisy" in samples else np.zeros(count, bool)
+        if noisy.any():
+            detectors = detector_table(columns=columns, flags=flags, is_noisy=noisy, steps=steps,
+                                       frame_quality=quality, frame_flags=frame_flags)
+            write_parquet(run.file("detectors.parquet"), detectors)
+            suspicion_row = detectors[detectors["detector"] == "suspicion"].iloc[0]
+            record["auroc"] = round(float(suspicion_row["auroc"]), 4)
+            record["f1"] = round(float(suspicion_row["f1"]), 4)
+        elif run.file("detectors.parquet").exists():
+            run.file("detectors.parquet").unlink()  # a stale table from other labels must not survive
+
+
+def _stage(run, **info):
+    """``run.stage("detect")`` once the stage table has its row; until then mark_stage by hand."""
+    from contextlib import contextmanager
+
+    from ftviz import rundir
+
+    if "detect" in getattr(rundir, "STAGE_NAMES", ()):
+        return run.stage("detect", **info)
+
+    @contextmanager
+    def marked():
+        record = dict(info)
+        run.mark_stage("detect", "running", **info)
+        try:
+            yield record
+        except BaseException as error:
+            run.mark_stage("detect", "failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+            raise
+        run.mark_stage("detect", "done", **record)
+
+    return marked()
+
+
+# ---- readers ----------------------------------------------------------------------------------
+def load_suspicion(run):
+    """``suspicion.parquet`` of ``run`` (a MissingStageError naming ``ftviz detect`` if absent)."""
+    if not run.file("suspicion.parquet").is_file():
+        from ftviz.errors import MissingStageError
+
+        raise MissingStageError(f"{run.path} has no suspicion.parquet; run `ftviz detect {run.path}` first")
+    return run.read_parquet("suspicion.parquet")
+
+
+def load_detectors(run):
+    """``detectors.parquet`` of ``run``, or None when the run injected no noise."""
+    if not run.file("detectors.parquet").is_file():
+        return None
+    return run.read_parquet("detectors.parquet")

@@ -1,0 +1,241 @@
+"""The history detectors on hand-made histories with known answers, and the detect stage's files."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ftviz import detectors
+from ftviz.rundir import RunDir
+
+
+def history(margins_by_sample: list[list[float]], labels: list[int], num_classes: int = 3) -> np.ndarray:
+    """Logits (T, N, C) in which sample n's given label has margin m at snapshot t: the given
+    class gets m, class (label + 1) % C gets 0 and the others -5."""
+    margins = np.asarray(margins_by_sample, dtype=np.float64).T  # (T, N)
+    logits = np.full((*margins.shape, num_classes), -5.0)
+    for n, label in enumerate(labels):
+        logits[:, n, label] = margins[:, n]
+        logits[:, n, (label + 1) % num_classes] = 0.0
+    return logits
+
+
+# ---- single detectors against direct computations ------------------------------------------------
+def test_margins_and_aum_are_the_given_logit_minus_the_largest_other():
+    labels = [0, 1, 2]
+    logits = history([[2.0, 3.0, 4.0], [-1.0, -2.0, -3.0], [1.0, -1.0, 0.5]], labels)
+    margins = detectors.given_logit_margins(logits=logits, labels=np.array(labels))
+    np.testing.assert_allclose(margins.T, [[2, 3, 4], [-1, -2, -3], [1, -1, 0.5]])
+    aum = detectors.area_under_margin(logits=logits, labels=np.array(labels))
+    np.testing.assert_allclose(aum, [3.0, -2.0, 0.5 / 3])
+    assert aum.argmin() == 1  # negative throughout: the lowest area under the margin
+
+
+def test_margin_uses_the_largest_other_logit_whichever_class_it_is():
+    logits = np.array([[[1.0, 4.0, 2.0]], [[5.0, 1.0, 6.0]]])  # (T=2, N=1, C=3), label 0
+    np.testing.assert_allclose(detectors.given_logit_margins(logits=logits, labels=np.array([0])), [[-3.0], [-1.0]])
+
+
+def test_data_map_is_mean_std_and_hit_rate_of_the_given_label():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 20, 4))
+    labels = rng.integers(0, 4, 20)
+    probs = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    p_given = probs[:, np.arange(20), labels]
+    result = detectors.data_map(logits=logits, labels=labels)
+    np.testing.assert_allclose(result["confidence"], p_given.mean(0))
+    np.testing.assert_allclose(result["variability"], p_given.std(0))
+    np.testing.assert_allclose(result["correctness"], (logits.argmax(2) == labels).mean(0))
+
+
+def test_forgetting_events_count_learnt_then_forgotten_transitions():
+    # Correct (+) / wrong (-) per snapshot:
+    #   sample 0: - + - + + -   -> 2 forgettings
+    #   sample 1: + + + + + +   -> 0 (unforgettable)
+    #   sample 2: - - - - - -   -> never learnt: T = 6
+    #   sample 3: + - - - - +   -> 1
+    pattern = ["-+-++-", "++++++", "------", "+----+"]
+    margins = [[1.0 if c == "+" else -1.0 for c in row] for row in pattern]
+    logits = history(margins, [0, 1, 2, 0])
+    events = detectors.forgetting_events(logits=logits, labels=np.array([0, 1, 2, 0]))
+    np.testing.assert_array_equal(events, [2, 0, 6, 1])
+
+
+def test_ensembled_quality_is_cleanlabs_own_on_the_mean_softmax():
+    from cleanlab.rank import get_label_quality_ensemble_scores, get_label_quality_scores
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 25)
+    logits = rng.normal(size=(5, 100, 4)) + 3.0 * np.eye(4)[labels]
+    quality, _ = detectors.ensembled_label_quality(logits=logits, labels=labels)
+    probs = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)
+    np.testing.assert_allclose(quality, get_label_quality_scores(labels, probs.mean(0)), rtol=1e-12)
+    # Self-confidence is linear in the probabilities: Cleanlab's uniform ensemble agrees.
+    ensemble = get_label_quality_ensemble_scores(labels, list(probs), weight_ensemble_members_by="uniform",
+                                                 verbose=False)
+    np.testing.assert_allclose(quality, ensemble, rtol=1e-10)
+    np.testing.assert_allclose(quality, detectors.data_map(logits=logits, labels=labels)["confidence"], rtol=1e-12)
+
+
+def test_stays_flagged_from_is_the_start_of_the_final_run_of_flags():
+    flags = np.array([
+        [0, 1, 1, 0],
+        [1, 1, 0, 0],
+        [0, 1, 1, 0],
+        [1, 1, 1, 0],
+    ], dtype=bool)  # (T=4, N=4)
+    steps = [0, 10, 20, 30]
+    # sample 0: flagged at 10, unflagged at 20, flagged at 30 -> 30; sample 1: always -> 0;
+    # sample 2: from 20 on -> 20; sample 3: never -> -1.
+    np.testing.assert_array_equal(detectors.stays_flagged_from(flags=flags, steps=steps), [30, 0, 20, -1])
+
+
+def test_rank_descending_puts_the_largest_first():
+    np.testing.assert_array_equal(detectors.rank_descending(np.array([0.2, 0.9, 0.5, 0.9])), [4, 1, 3, 1])
+
+
+# ---- the recommended flag rule ------------------------------------------------------------------
+def test_history_rule_finds_a_memorised_label_and_spares_a_hard_correct_one():
+    """Three samples over 10 snapshots after the network has learnt the data:
+    0: a wrong label, confidently another class for 6 snapshots, then memorised (margin > 0);
+    1: a hard correct label, slightly negative margin for 6 snapshots, never flagged by Cleanlab;
+    2: a wrong label the network never fits: flagged at the last snapshot."""
+    margins = np.array([
+        [-4, -4, -4, -4, -4, -4, 2, 3, 3, 3],
+        [-0.5, -0.5, -0.5, -0.5, -0.5, -0.5, 1, 1, 1, 1],
+        [-3] * 10,
+    ], dtype=float).T
+    frame_flags = np.array([
+        [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [0] * 10,
+        [1] * 10,
+    ], dtype=bool).T
+    flags = detectors.history_flags(margins=margins, frame_flags=frame_flags, start=0, min_flagged=0.2)
+    np.testing.assert_array_equal(flags, [True, False, True])
+    # The learnt start matters: counted from snapshot 6, sample 0's mean margin is positive.
+    assert not detectors.history_flags(margins=margins, frame_flags=frame_flags, start=6)[0]
+    # Its issue step: with the prefix rule, sample 0 is flagged from the first snapshot on.
+    steps = np.arange(10) * 5
+    accuracy = np.full(10, 0.9)
+    issue = detectors.issue_steps_of_history_rule(
+        margins=margins, frame_flags=frame_flags, accuracy=accuracy, steps=steps, fraction=0.8, min_flagged=0.2)
+    np.testing.assert_array_equal(issue, [0, -1, 0])
+
+
+def test_learnt_from_is_the_first_snapshot_near_the_best_accuracy():
+    labels = np.zeros(10, dtype=np.int64)
+    correct_counts = [0, 2, 5, 8, 10, 9]  # accuracy 0 .. 1
+    logits = np.zeros((6, 10, 2))
+    for t, k in enumerate(correct_counts):
+        logits[t, :k, 0] = 1.0
+        logits[t, k:, 1] = 1.0
+    assert detectors.learnt_from(logits=logits, labels=labels, fraction=0.8) == 3  # 0.8 >= 0.8 * 1.0
+    assert detectors.learnt_from(logits=logits, labels=labels, fraction=0.5) == 2
+
+
+def test_detect_recommends_history_on_a_trained_probe_and_the_last_frame_on_a_held_out_one():
+    rng = np.random.default_rng(3)
+    T, N, C = 8, 60, 3
+    labels = np.arange(N) % C
+    logits = rng.normal(scale=0.1, size=(T, N, C)) + 4.0 * np.eye(C)[labels]
+    logits[:, 0] = 4.0 * np.eye(C)[(labels[0] + 1) % C]  # sample 0 always another class
+    quality = np.full((T, N), 0.9)
+    frame_flags = np.zeros((T, N), dtype=bool)
+    frame_flags[:, 0] = True
+    common = dict(logits=logits, labels=labels, steps=np.arange(T), frame_quality=quality,
+                  frame_flags=frame_flags, outlier_score=rng.uniform(size=N))
+    columns, flags = detectors.detect(**common, probe_trained_on=True)
+    assert columns["suspicion"].argmax() == 0 and columns["suspicion_rank"][0] == 1
+    assert columns["is_label_issue"].tolist() == [True] + [False] * (N - 1)
+    assert columns["issue_step"][0] == 0 and (columns["issue_step"][1:] == -1).all()
+    assert set(flags) <= set(detectors.DIRECTION)
+    held_out, _ = detectors.detect(**common, probe_trained_on=False)
+    np.testing.assert_allclose(held_out["suspicion"], 1 - quality[-1])
+    assert held_out["is_label_issue"].tolist() == frame_flags[-1].tolist()
+
+
+def test_detector_scores_against_known_flags():
+    noisy = np.array([1, 1, 0, 0, 0], dtype=bool)
+    out = detectors.detector_scores(score=np.array([0.9, 0.2, 0.8, 0.1, 0.0]),
+                                    flags=np.array([1, 0, 1, 0, 0], dtype=bool), is_noisy=noisy)
+    assert out["auroc"] == pytest.approx(5 / 6)  # (noisy, clean) pairs ranked right: 3 + 2 of 6
+    assert out["precision"] == 0.5 and out["recall"] == 0.5 and out["f1"] == 0.5 and out["n_flagged"] == 2
+    none = detectors.detector_scores(score=np.zeros(5), flags=None, is_noisy=noisy)
+    assert np.isnan(none["f1"]) and none["n_flagged"] is None
+
+
+# ---- the stage on a real tiny run -----------------------------------------------------------------
+@pytest.fixture()
+def run(tiny_run, tmp_path):
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run.path, copy.path)
+    return copy
+
+
+def test_detect_writes_the_documented_files(run, capsys):
+    import pandas as pd
+
+    from ftviz.cli import main
+
+    detectors.detect_run(run, None, progress=False)
+    table = pd.read_parquet(run.file("suspicion.parquet"))
+    samples = run.samples()
+    assert len(table) == len(samples) and table["id"].tolist() == samples["id"].tolist()
+    assert list(table.columns) == [
+        "id", "label_quality_last", "label_quality_ensemble", "aum", "confidence", "variability", "correctness",
+        "forgetting_events", "outlier_score", "outlier_rank", "suspicion", "suspicion_rank", "is_label_issue",
+        "issue_step",
+    ]
+    assert table["is_label_issue"].dtype == bool and str(table["issue_step"].dtype) == "Int64"
+    assert table.loc[~table["is_label_issue"], "issue_step"].isna().all()
+    assert table.loc[table["is_label_issue"], "issue_step"].isin(run.snapshot_steps()).all()
+    assert table["suspicion_rank"].min() == 1
+    assert table.sort_values("suspicion", ascending=False)["suspicion_rank"].is_monotonic_increasing
+    assert table["suspicion"].between(0, 1).all()
+    # The last-frame column is the score stage's own value.
+    scores = run.scores()
+    last = scores[scores["step"] == run.snapshot_steps()[-1]].sort_values("id")
+    np.testing.assert_array_equal(table["label_quality_last"], last["label_quality"])
+    np.testing.assert_array_equal(table["outlier_score"], last["outlier_score"])
+
+    measured = pd.read_parquet(run.file("detectors.parquet"))
+    assert list(measured.columns) == ["detector", "step", "auroc", "average_precision", "precision", "recall",
+                                      "f1", "n_flagged"]
+    summary = measured[measured["detector"] != "cleanlab_frame"]
+    assert summary["detector"].tolist() == [
+        "label_quality_last", "label_quality_ensemble", "aum", "confidence", "variability", "correctness",
+        "forgetting_events", "outlier_score", "suspicion",
+    ]
+    frames = measured[measured["detector"] == "cleanlab_frame"]
+    assert frames["step"].tolist() == run.snapshot_steps()
+    row = summary.set_index("detector").loc["suspicion"]
+    assert row["n_flagged"] == table["is_label_issue"].sum()
+    assert row["auroc"] > 0.5
+    assert summary.set_index("detector").loc["label_quality_last", "step"] == run.snapshot_steps()[-1]
+    assert run.manifest()["stages"]["detect"]["status"] == "done"
+
+    assert main(["quality", str(run.path), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| suspicion |" in out and "| label_quality_last |" in out and "Top 3 suspicious samples" in out
+
+
+def test_a_run_without_noise_gets_no_detector_table(run, capsys):
+    from ftviz.cli import main
+
+    samples = run.samples()
+    samples["given_label"] = samples["true_label"]
+    samples["is_noisy"] = False
+    samples.to_parquet(run.file("samples.parquet"), index=False)
+    detectors.detect_run(run, None, progress=False)
+    assert run.file("suspicion.parquet").is_file() and not run.file("detectors.parquet").exists()
+    assert main(["quality", str(run.path)]) == 0
+    assert "no injected noise" in capsys.readouterr().out
+
+
+def test_quality_before_detect_names_the_command(run, capsys):
+    from ftviz.cli import main
+
+    assert main(["quality", str(run.path)]) == 2
+    assert f"ftviz detect {run.path}" in capsys.readouterr().err
