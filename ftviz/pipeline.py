@@ -136,7 +136,8 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         run, resuming = prepare_run(config, force=force)
         if not resuming:
             run.create(new_run_manifest(config, splits, model))
-            write_samples(run, splits)
+        if not resuming or not all(run.file(name).is_file() for name in ("samples.parquet", "probe_images.npy")):
+            write_samples(run, splits)  # a kill can land between run.json and these; same config, same files
         return resuming
 
     resuming = distributed.on_main(open_run)

@@ -68,8 +68,8 @@ def check_consistent(run: RunDir) -> dict[str, str]:
     for name, status in statuses.items():
         if status == "done":
             for output in stage_named(name).outputs:
-                if name == "train" and output in ("generated/", "metrics.parquet"):
-                    continue  # only diffusion runs write generated/; checked below for metrics
+                if output == "generated/":
+                    continue  # only diffusion runs write it
                 assert run.file(output.rstrip("/")).exists(), f"{name} is done but {output} is missing"
     for step in manifest.get("snapshot_steps", []):
         embedding, logits = run.load_snapshot(step)  # raises if missing or damaged
@@ -107,6 +107,8 @@ def assert_same_result(run: RunDir, reference: RunDir) -> None:
 RUN_STOPS = [
     # inside the very first write of run.json: the folder holds only a temporary file
     ("write:run.json", "SIGKILL", {"train": None}),
+    # run.json written, the probe's samples.parquet not yet
+    ("write:samples.parquet", "SIGKILL", {"train": "pending"}),
     # between snapshots, before the first resume state: step 4 is on disk, not yet recorded
     ("wrote:step-0000004.npz", "SIGKILL", {"train": "interrupted", "snapshot_steps": [0, 2]}),
     # inside the write of the end-of-epoch resume state
