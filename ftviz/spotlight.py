@@ -18,6 +18,17 @@ label_quality_first    Cleanlab label quality (self-confidence) at the first / l
 label_quality_last
 label_issue_last       Cleanlab flags the given label as an issue at the last snapshot
 first_issue_step       first snapshot step at which the sample was flagged; empty if never
+suspicion              the detect stage's recommended score (high = suspicious) and its rank
+suspicion_rank         (1 = most suspicious); only when ``suspicion.parquet`` exists, as are
+is_label_issue         the rows below: the final label-issue flag, the first step from which
+issue_step             it stays flagged (empty if not flagged), and the history detectors
+aum                    (see :mod:`ftviz.detectors`): area under the margin, Cleanlab quality
+label_quality_ensemble of the snapshot-mean probabilities, data-map confidence, variability
+datamap_confidence     and correctness, forgetting events, and the rank of the last outlier
+datamap_variability    score (1 = most atypical)
+datamap_correctness
+forgetting_events
+outlier_rank
 frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
 frame_last             as Spotlight embeddings (in an exported file: ``(x, y, 0)``, see
                        :func:`export_table`)
@@ -113,6 +124,7 @@ def build_table(run: RunDir):
         "label_quality_last": at_last["label_quality"].to_numpy(np.float64),
         "label_issue_last": at_last["is_label_issue"].to_numpy(bool),
         "first_issue_step": first_issue_steps(scores, count),
+        **suspicion_columns(run, count),
         "frame_first": list(frames[0].astype(np.float32)),
         "frame_last": list(frames[-1].astype(np.float32)),
         EMBEDDING_COLUMN: list(embedding.astype(np.float32)),
@@ -120,6 +132,34 @@ def build_table(run: RunDir):
     table = pd.DataFrame(columns)
     table.attrs["steps"] = {"first": int(first), "last": int(last)}
     return table
+
+
+# suspicion.parquet column -> Spotlight column (the data-map ones would clash with "confidence").
+SUSPICION_COLUMNS = {
+    "suspicion": "suspicion",
+    "suspicion_rank": "suspicion_rank",
+    "is_label_issue": "is_label_issue",
+    "issue_step": "issue_step",
+    "aum": "aum",
+    "label_quality_ensemble": "label_quality_ensemble",
+    "confidence": "datamap_confidence",
+    "variability": "datamap_variability",
+    "correctness": "datamap_correctness",
+    "forgetting_events": "forgetting_events",
+    "outlier_rank": "outlier_rank",
+}
+
+
+def suspicion_columns(run: RunDir, count: int) -> dict:
+    """The detect stage's columns (:data:`SUSPICION_COLUMNS`), in id order; none without
+    ``suspicion.parquet``."""
+    if not run.file("suspicion.parquet").is_file():
+        return {}
+    table = run.read_parquet("suspicion.parquet").sort_values("id").reset_index(drop=True)
+    if not np.array_equal(table["id"].to_numpy(), np.arange(count)) or not set(SUSPICION_COLUMNS) <= set(table):
+        raise FtvizError(f"{run.path}: suspicion.parquet does not match the probe; rerun `ftviz detect {run.path}`")
+    return {name: table[source].to_numpy() if source != "issue_step" else table[source].array
+            for source, name in SUSPICION_COLUMNS.items()}
 
 
 def _scores_at(run: RunDir, scores, step: int, count: int):
@@ -247,14 +287,30 @@ def _drop_missing_columns(node, present: set) -> None:
         return
     if not isinstance(node, dict):
         return
+    # Widgets that plot an absent column (the suspicion histogram of a run without the detect
+    # stage) go, and so do the tabs they leave empty.
+    children = node.get("children")
+    if isinstance(children, list):
+        _drop_missing_columns(children, present)
+        node["children"] = [child for child in children if _keeps(child, present)]
     config = node.get("config") or {}
+    if config.get("stackByColumnKey") and config["stackByColumnKey"] not in present:
+        config["stackByColumnKey"] = None
     if isinstance(config.get("visibleColumns"), list):
         config["visibleColumns"] = [c for c in config["visibleColumns"] if c in present]
     if isinstance(config.get("views"), list):
         config["views"] = [v for v in config["views"] if set(v.get("columns", [])) <= present]
     if isinstance(config.get("sorting"), list):
         config["sorting"] = [s for s in config["sorting"] if s and s[0] in present]
-    _drop_missing_columns(node.get("children", []), present)
+
+
+def _keeps(node, present: set) -> bool:
+    if not isinstance(node, dict):
+        return True
+    if node.get("kind") == "tab":
+        return bool(node.get("children"))
+    key = (node.get("config") or {}).get("columnKey") if node.get("kind") == "widget" else None
+    return not key or key in present
 
 
 # ---- serving -----------------------------------------------------------------------------

@@ -33,13 +33,25 @@ STARTUP_TIMEOUT_S = 240  # two cold imports of Spotlight on two busy cores
 EXPECTED_COLUMNS = [
     "id", "image", "given_label", "true_label", "is_noisy", "predicted_label", "confidence",
     "outlier_score_first", "outlier_score_last", "label_quality_first", "label_quality_last",
-    "label_issue_last", "first_issue_step", "frame_first", "frame_last", "embedding_last",
+    "label_issue_last", "first_issue_step",
+    # from suspicion.parquet (the detect stage)
+    "suspicion", "suspicion_rank", "is_label_issue", "issue_step", "aum", "label_quality_ensemble",
+    "datamap_confidence", "datamap_variability", "datamap_correctness", "forgetting_events", "outlier_rank",
+    "frame_first", "frame_last", "embedding_last",
 ]
+DETECT_COLUMNS = EXPECTED_COLUMNS[EXPECTED_COLUMNS.index("suspicion") : EXPECTED_COLUMNS.index("frame_first")]
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run):
-    return RunDir(tiny_run.path)
+def run(tiny_run, tmp_path_factory):
+    """The tiny run with the detect stage done (a copy: the session's run stays as it is)."""
+    from ftviz.detectors import detect_run
+
+    copy = RunDir(tmp_path_factory.mktemp("spotlight") / "run")
+    shutil.copytree(tiny_run.path, copy.path)
+    if not copy.file("suspicion.parquet").is_file():
+        detect_run(copy, None, progress=False)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +114,31 @@ def test_first_issue_step_is_the_earliest_flagged_step_or_empty(run, table):
     got = [None if pd.isna(v) else int(v) for v in table["first_issue_step"]]
     assert got == expected
     assert str(table["first_issue_step"].dtype) == "Int64"
+
+
+def test_detect_columns_are_the_suspicion_file_in_id_order(run, table):
+    import pandas as pd
+
+    suspicion = pd.read_parquet(run.file("suspicion.parquet")).set_index("id")
+    for column, source in spotlight.SUSPICION_COLUMNS.items():
+        expected = suspicion[column].reindex(range(len(table)))
+        if column == "issue_step":
+            assert str(table[source].dtype) == "Int64"
+            assert table[source].isna().tolist() == expected.isna().tolist()
+            assert table[source].dropna().tolist() == expected.dropna().tolist()
+        else:
+            np.testing.assert_array_equal(table[source].to_numpy(), expected.to_numpy())
+    assert table.loc[table["suspicion_rank"] == 1, "suspicion"].iloc[0] == table["suspicion"].max()
+
+
+def test_a_run_without_the_detect_stage_has_no_detect_columns_or_suspicion_histogram(run, tmp_path):
+    copy = copy_run(run, tmp_path)
+    copy.file("suspicion.parquet").unlink()
+    table = spotlight.build_table(copy)
+    assert list(table.columns) == [c for c in EXPECTED_COLUMNS if c not in DETECT_COLUMNS]
+    layout = json.dumps(spotlight.load_layout(table.columns).model_dump(by_alias=True))
+    assert "suspicion" not in layout and "Suspicion (detect stage)" not in layout
+    assert "Outlier score, last snapshot" in layout  # the other histogram stays
 
 
 def test_frames_and_embedding_columns_hold_the_run_arrays(run, table):
@@ -174,7 +211,8 @@ def test_shipped_layout_refers_only_to_table_columns_and_has_the_widgets(table):
     widgets = re.findall(r'"type": "(\w+)"', text)
     assert sorted(set(widgets)) == ["histogram", "inspector", "similaritymap", "table"]
     assert widgets.count("similaritymap") == 2
-    assert {"frame_first", "frame_last", "outlier_score_last", "image"} <= layout_columns(raw)
+    assert {"frame_first", "frame_last", "outlier_score_last", "image", "suspicion", "suspicion_rank"} \
+        <= layout_columns(raw)
 
 
 # ---- export --------------------------------------------------------------------------------
@@ -213,6 +251,8 @@ def test_export_writes_a_parquet_file_spotlight_reads_by_itself(run, tmp_path, c
     assert kinds["frame_first"] == kinds["frame_last"] == kinds["embedding_last"] == "Embedding"
     assert store.dtypes["embedding_last"].length == run.load_snapshot(steps[-1])[0].shape[1]
     assert kinds["first_issue_step"] == "int" and kinds["label_issue_last"] == "bool"
+    assert kinds["issue_step"] == kinds["suspicion_rank"] == "int" and kinds["is_label_issue"] == "bool"
+    assert kinds["suspicion"] == kinds["aum"] == "float"
 
 
 def test_export_refuses_other_formats(run, tmp_path):
@@ -365,7 +405,7 @@ def test_cli_serves_the_run_to_a_browser_and_stops_cleanly(run, tmp_path):
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(url)
                 # The status bar counts the rows the frontend loaded.
-                expect(page.get_by_text(re.compile(r"\b16 cols / 200 rows\b"))).to_be_visible(timeout=120_000)
+                expect(page.get_by_text(re.compile(rf"\b{len(EXPECTED_COLUMNS)} cols / 200 rows\b"))).to_be_visible(timeout=120_000)
                 # ftviz's layout, not Spotlight's default one.
                 for title in ("Probe samples", "First frame (aligned 2-D)", "Last frame (aligned 2-D)"):
                     expect(page.get_by_text(title, exact=True)).to_be_visible(timeout=30_000)
