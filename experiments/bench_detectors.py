@@ -82,7 +82,8 @@ def noisy_table(run) -> str:
     table = load_detectors(run)
     lines = ["| detector | AUROC | AP | precision | recall | F1 | flagged |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in table[table["detector"] != "cleanlab_frame"].itertuples(index=False):
-        lines.append(f"| {LABELS.get(row.detector, row.detector)} | {cell(row.auroc)} | {cell(row.average_precision)} | "
+        lines.append(f"| {LABELS.get(row.detector, row.detector)} | {cell(row.auroc)} | "
+                     f"{cell(row.average_precision)} | "
                      f"{cell(row.precision)} | {cell(row.recall)} | {cell(row.f1)} | "
                      f"{'–' if pd.isna(row.n_flagged) else int(row.n_flagged)} |")
     return "\n".join(lines)
@@ -160,7 +161,8 @@ def main() -> None:
         metrics = run.metrics()
         probe = metrics[metrics["split"] == "eval"].sort_values("step").iloc[-1]
         print(f"\n### {name}: {' '.join('--set ' + o for o in WORKLOADS[name]) or 'experiments/default.toml'}")
-        print(f"\n{len(run.snapshot_steps())} frames x {manifest['probe_size']} probe samples; last-frame probe accuracy "
+        print(f"\n{len(run.snapshot_steps())} frames x {manifest['probe_size']} probe samples; "
+              f"last-frame probe accuracy "
               f"{probe['accuracy']:.3f} against the given labels, {probe['true_accuracy']:.3f} against the true ones; "
               f"detect stage {seconds:.2f} s (files included)\n")
         print(noisy_table(run) if manifest.get("noisy_probe_samples") else clean_table(run))

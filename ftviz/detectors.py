@@ -61,7 +61,9 @@ def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     logits = np.asarray(logits)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 3 or logits.shape[1] != len(labels):
-        raise ValueError(f"logits must be a history (T, N, C) with N = len(labels); got {logits.shape} and {labels.shape}")
+        raise ValueError(
+            f"logits must be a history (T, N, C) with N = len(labels); got {logits.shape} and {labels.shape}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[2]):
         raise ValueError(f"labels must lie in 0..{logits.shape[2] - 1}")
     return logits, labels
@@ -254,7 +256,9 @@ def issue_steps_of_history_rule(
     min_flagged: float = 0.2,
 ) -> np.ndarray:
     """``issue_step`` for :func:`history_flags`: the rule applied to every prefix of the history
-    (as if training had stopped at that snapshot), then :func:`stays_flagged_from`.
+    (as if training had stopped at that snapshot), then :func:`stays_flagged_from`. Prefixes
+    that end before the network has learnt the data (:func:`learnt_from` on the whole run)
+    flag nothing: a random network's disagreement with a label is not evidence against it.
 
     Parameters
     ----------
@@ -267,8 +271,9 @@ def issue_steps_of_history_rule(
     margin_sums = np.vstack([np.zeros((1, margins.shape[1])), np.cumsum(margins, axis=0)])
     flag_sums = np.vstack([np.zeros((1, margins.shape[1])), np.cumsum(frame_flags, axis=0)])
     best = np.maximum.accumulate(accuracy)
-    flags = np.empty(margins.shape, dtype=bool)
-    for t in range(T):
+    learnt = int(np.argmax(accuracy >= fraction * accuracy.max()))
+    flags = np.zeros(margins.shape, dtype=bool)
+    for t in range(learnt, T):
         start = int(np.argmax(accuracy[: t + 1] >= fraction * best[t]))
         count = t + 1 - start
         mean_margin = (margin_sums[t + 1] - margin_sums[start]) / count
@@ -332,7 +337,8 @@ def detect(
     else:
         suspicion = 1.0 - np.asarray(frame_quality[-1], dtype=np.float64)
         is_issue = frame_flags[-1].copy()
-        issue_step = stays_flagged_from(flags=frame_flags, steps=steps)
+        learnt = np.arange(len(steps))[:, None] >= learnt_from(logits=logits, labels=labels, fraction=learnt_fraction)
+        issue_step = stays_flagged_from(flags=frame_flags & learnt, steps=steps)
 
     columns = {
         "label_quality_last": np.asarray(frame_quality[-1], dtype=np.float64),
@@ -472,7 +478,9 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
             raise FtvizError(f"{run.path} has no snapshots; rerun training")
         logits = load_logits(run, steps)
         if logits.shape[1] != count:
-            raise FtvizError(f"{run.path}: snapshots hold {logits.shape[1]} samples, samples.parquet {count}; rerun training")
+            raise FtvizError(
+                f"{run.path}: snapshots hold {logits.shape[1]} samples, samples.parquet {count}; rerun training"
+            )
         quality, frame_flags, outlier = frame_scores(run, run.scores(), steps, count)
         labels = samples["given_label"].to_numpy(np.int64)
         columns, flags = detect(

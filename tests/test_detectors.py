@@ -122,6 +122,11 @@ def test_history_rule_finds_a_memorised_label_and_spares_a_hard_correct_one():
     issue = detectors.issue_steps_of_history_rule(
         margins=margins, frame_flags=frame_flags, accuracy=accuracy, steps=steps, fraction=0.8, min_flagged=0.2)
     np.testing.assert_array_equal(issue, [0, -1, 0])
+    # Nothing is visible before the network has learnt the data: here from snapshot 2 (step 10).
+    rising = np.array([0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    issue = detectors.issue_steps_of_history_rule(
+        margins=margins, frame_flags=frame_flags, accuracy=rising, steps=steps, fraction=0.8, min_flagged=0.2)
+    np.testing.assert_array_equal(issue, [10, -1, 10])
 
 
 def test_learnt_from_is_the_first_snapshot_near_the_best_accuracy():
