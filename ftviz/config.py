@@ -62,6 +62,13 @@ class ScoreConfig:
 
 
 @dataclass
+class DetectConfig:
+    rule: str = "auto"  # auto (history if the probe is trained on, else last) | history | last
+    learnt_fraction: float = 0.8  # history from the first snapshot at this share of the best probe accuracy
+    min_flagged: float = 0.2  # memorised issue: Cleanlab flagged it at this share of the learnt snapshots
+
+
+@dataclass
 class ProjectConfig:
     basis: str = "per_frame"  # per_frame (the article) | shared (one PCA of all frames)
     reference: str = "previous"  # Procrustes reference, see ftviz.align.align_sequence
@@ -93,6 +100,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
@@ -210,6 +218,9 @@ def validate(config: ExperimentConfig) -> None:
         (config.project.knn > 0, "project.knn must be > 0"),
         (config.project.knn_sample > 0, "project.knn_sample must be > 0"),
         (config.score.k > 0, "score.k must be > 0"),
+        (config.detect.rule in ("auto", "history", "last"), "detect.rule: auto, history or last"),
+        (0.0 < config.detect.learnt_fraction <= 1.0, "detect.learnt_fraction must be in (0, 1]"),
+        (0.0 <= config.detect.min_flagged <= 1.0, "detect.min_flagged must be in [0, 1]"),
         (config.score.method in ("auto", "knn", "cleanlab"), "score.method: auto, knn or cleanlab"),
         (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
     ]
