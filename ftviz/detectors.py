@@ -470,7 +470,7 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
         raise FtvizError(f"detect.rule must be auto, history or last, got {rule!r}")
     manifest = run.manifest()
     trained_on = probe_is_trained_on(manifest) if rule == "auto" else rule == "history"
-    with _stage(run, rule=rule, history=trained_on) as record:
+    with run.stage("detect", rule=rule, history=trained_on) as record:
         samples = run.samples().sort_values("id").reset_index(drop=True)
         count = len(samples)
         steps = run.snapshot_steps()
@@ -503,37 +503,12 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
             run.file("detectors.parquet").unlink()  # a stale table from other labels must not survive
 
 
-def _stage(run, **info):
-    """``run.stage("detect")`` once the stage table has its row; until then mark_stage by hand."""
-    from contextlib import contextmanager
-
-    from ftviz import rundir
-
-    if "detect" in getattr(rundir, "STAGE_NAMES", ()):
-        return run.stage("detect", **info)
-
-    @contextmanager
-    def marked():
-        record = dict(info)
-        run.mark_stage("detect", "running", **info)
-        try:
-            yield record
-        except BaseException as error:
-            run.mark_stage("detect", "failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
-            raise
-        run.mark_stage("detect", "done", **record)
-
-    return marked()
-
-
 # ---- readers ----------------------------------------------------------------------------------
 def load_suspicion(run):
-    """``suspicion.parquet`` of ``run`` (a MissingStageError naming ``ftviz detect`` if absent)."""
-    if not run.file("suspicion.parquet").is_file():
-        from ftviz.errors import MissingStageError
-
-        raise MissingStageError(f"{run.path} has no suspicion.parquet; run `ftviz detect {run.path}` first")
-    return run.read_parquet("suspicion.parquet")
+    """``suspicion.parquet`` of ``run``; a MissingStageError naming ``ftviz detect`` unless the
+    detect stage is done (a stale file was computed from scores that have been replaced)."""
+    run.require("detect")
+    return run.read_parquet("suspicion.parquet", "detect")
 
 
 def load_detectors(run):

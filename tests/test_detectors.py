@@ -242,5 +242,11 @@ def test_a_run_without_noise_gets_no_detector_table(run, capsys):
 def test_quality_before_detect_names_the_command(run, capsys):
     from ftviz.cli import main
 
+    assert run.stage_status("detect") == "done"  # the pipeline ran it
+    assert main(["score", str(run.path), "-q"]) == 0  # new scores: the detectors read them
+    assert run.stage_status("detect") == "stale"
+    capsys.readouterr()
     assert main(["quality", str(run.path)]) == 2
     assert f"ftviz detect {run.path}" in capsys.readouterr().err
+    assert main(["detect", str(run.path), "-q"]) == 0
+    assert main(["quality", str(run.path)]) == 0
