@@ -59,6 +59,12 @@ def settle(page, frame: int) -> None:
     page.wait_for_function(f"window.ftviz.frame === {frame} && window.ftviz.settled", timeout=20_000)
 
 
+def painted(page) -> None:
+    """Wait until the scatter has been redrawn and the browser has painted it (two animation frames)."""
+    page.wait_for_function("window.ftviz.settled && (window.ftviz.draws || 0) > 0")
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))")
+
+
 def displayed(page) -> np.ndarray:
     shown = page.evaluate("window.ftviz.displayed()")
     return np.stack([shown["x"], shown["y"]], axis=1)
@@ -83,16 +89,22 @@ def test_page_opens_without_errors_and_shows_the_run(page, tiny_run):
         assert np.abs(np.stack([points["x"], points["y"]], 1) - frames[t]).max() <= tolerance(frames)
     assert np.abs(displayed(page) - frames[0]).max() <= tolerance(frames)
     legend = page.locator("#scatter .legendtext").all_text_contents()
-    assert set(manifest["dataset"]["class_names"]) <= set(legend) and "top outliers" in legend
+    suspicion = page.evaluate("window.ftviz.meta.suspicion")
+    ringed = "most suspicious" if suspicion else "top outliers"
+    assert set(manifest["dataset"]["class_names"]) <= set(legend) and ringed in legend
     # Every probe point is drawn once, in the class traces.
     drawn = page.evaluate("document.getElementById('scatter').data.slice(0, -2).reduce((n, t) => n + t.x.length, 0)")
     assert drawn == frames.shape[1]
-    # The first frame's top outliers are listed with their thumbnails.
+    # The first frame's top outliers (or, with suspicion.parquet, the most suspicious labels)
+    # are listed with their thumbnails, rank and detector.
     page.wait_for_function("window.ftviz.thumbnailsLoaded === true")
-    cards = page.locator("#outliers .outlier")
+    cards = page.locator("#outliers .outlier:not([hidden])")
     assert cards.count() == manifest["config"]["score"]["top"]
-    top = page.evaluate("window.ftviz.meta.top[0]")
+    top = [entry["id"] for entry in suspicion["top"]] if suspicion else page.evaluate("window.ftviz.meta.top[0]")
     assert [int(cards.nth(j).get_attribute("data-id")) for j in range(cards.count())] == top
+    N = frames.shape[1]
+    assert cards.nth(0).locator(".rank").inner_text() == f"#1 of {N}"
+    assert cards.nth(0).locator(".detector").first.inner_text() != ""
 
 
 def test_slider_moves_the_frame(page, tiny_run):
@@ -193,12 +205,14 @@ def test_every_colour_mode_draws_every_point(page, tiny_run):
     }
     page.evaluate(f"window.ftviz.goTo({last}, 0)")
     modes = page.evaluate("window.ftviz.meta.colorModes")
-    assert [m[0] for m in modes] == ["label", "prediction", "outlier_score", "label_issue", "noise"]
+    with_suspicion = tiny_run.file("suspicion.parquet").is_file()
+    assert [m[0] for m in modes] == ["label", "prediction", "outlier_score", "label_issue", "noise"] + (
+        ["suspicion"] if with_suspicion else [])
     for mode, label in modes:
         page.select_option("#color-by", mode)
         page.wait_for_function(
             f"document.getElementById('scatter').layout.legend.title.text === {label!r}"
-            if mode != "outlier_score" else "document.getElementById('scatter').data[0].name === 'outlier score'"
+            if mode not in ("outlier_score", "suspicion") else f"document.getElementById('scatter').data[0].name === {label!r}"
         )
         counts = page.evaluate("document.getElementById('scatter').data.slice(0, -2).map((t) => t.x.length)")
         assert sum(counts) == n_points, mode
@@ -216,10 +230,19 @@ def test_play_advances_and_pause_stops(page):
     page.wait_for_function("window.ftviz.frame >= 2", timeout=20_000)
     assert page.inner_text("#play").endswith("Pause")
     page.click("#play")
+    page.wait_for_function("!window.ftviz.isPlaying() && window.ftviz.settled", timeout=20_000)
     stopped = page.evaluate("window.ftviz.frame")
-    page.wait_for_timeout(1500)
-    assert page.evaluate("window.ftviz.frame") == stopped
-    assert not page.evaluate("window.ftviz.isPlaying()")
+    assert page.inner_text("#play").endswith("Play")
+    # Playing would step on once a frame's hold is over: wait for that moment (the page's own
+    # animation frames past the longest hold plus a transition), then check nothing moved.
+    later = page.evaluate(
+        """() => new Promise((done) => {
+             const until = performance.now() + 2 * (window.ftviz.meta.frameMs + window.ftviz.meta.transitionMs);
+             const check = (now) => (now >= until ? done(window.ftviz.frame) : requestAnimationFrame(check));
+             requestAnimationFrame(check);
+           })"""
+    )
+    assert later == stopped and page.evaluate("window.ftviz.settled")
 
 
 def test_fit_each_frame_rescales_the_axes(page, tiny_run):
@@ -244,7 +267,7 @@ def test_screenshot_shows_the_points(page, tiny_run, tmp_path):
     last = tiny_run.frames().shape[0] - 1
     page.evaluate(f"window.ftviz.goTo({last}, 0)")
     settle(page, last)
-    page.wait_for_timeout(500)
+    painted(page)
     out = Path(os.environ.get("FTVIZ_SCREENSHOT_DIR", tmp_path)) / "animation-tiny.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
@@ -254,3 +277,77 @@ def test_screenshot_shows_the_points(page, tiny_run, tmp_path):
     colourful = (region.max(axis=2) - region.min(axis=2)) > 60  # class colours, not greys
     assert colourful.sum() > 200, "the WebGL scatter drew no points"
     assert page.errors == []
+
+
+def test_suspicion_colours_and_detector_table(page, tiny_run):
+    """With the detect stage's files: colour by suspicion, and the detector table follows the frame."""
+    import pandas as pd
+
+    if not tiny_run.file("detectors.parquet").is_file():
+        pytest.skip("this run has no detectors.parquet (no injected noise or no detect stage)")
+    suspicion = pd.read_parquet(tiny_run.file("suspicion.parquet")).sort_values("id")
+    detectors = pd.read_parquet(tiny_run.file("detectors.parquet"))
+    page.evaluate("window.ftviz.setColorBy('suspicion')")
+    page.wait_for_function("document.getElementById('scatter').data[0].name === 'label suspicion'")
+    colours = np.array(page.evaluate("Array.from(document.getElementById('scatter').data[0].marker.color)"))
+    assert len(colours) == len(suspicion) and (np.diff(colours) >= -1e-9).all()  # most suspicious on top
+    values = suspicion["suspicion"].to_numpy()
+    span = values.max() - values.min()
+    assert colours.max() == pytest.approx(values.max(), abs=span / 254 + 1e-9)
+    assert not page.locator("#detectors-card").is_hidden()
+    steps = tiny_run.projection()["step"].tolist()
+    for frame in (0, len(steps) - 1):
+        page.evaluate(f"window.ftviz.goTo({frame}, 0)")
+        settle(page, frame)
+        expected = detectors[detectors["step"].isna() | (detectors["step"] == steps[frame])]
+        shown = page.locator("#detectors tbody tr")
+        assert shown.count() == len(expected)
+        names = [shown.nth(i).get_attribute("data-detector") for i in range(shown.count())]
+        assert names == expected["detector"].astype(str).tolist()
+    # The card list can switch to the frame's top outliers and back.
+    page.select_option("#cards-by", "outliers")
+    top = page.evaluate(f"window.ftviz.meta.top[{len(steps) - 1}]")
+    ids = [int(page.locator("#outliers .outlier").nth(j).get_attribute("data-id")) for j in range(len(top))]
+    assert ids == top and "Top outliers" in page.inner_text("#cards-title")
+    assert page.errors == []
+
+
+def test_the_page_names_its_projection(page, browser, tiny_run, tmp_path):
+    import shutil
+
+    from ftviz.cli import main
+    from ftviz.rundir import RunDir
+
+    assert page.inner_text("#projection") == "PCA"
+    assert page.evaluate("document.body.dataset.projection") == "pca"
+    pytest.importorskip("openTSNE")
+    run = RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+    assert main(["project", str(run.path), "-q", "--set", "project.method=tsne",
+                 "--set", "project.first_iter=100", "--set", "project.iter=10"]) == 0
+    assert main(["render", str(run.path), "-q"]) == 0
+    context = browser.new_context(viewport={"width": 1400, "height": 800})
+    other = context.new_page()
+    other.goto(run.file("animation.html").as_uri())
+    other.wait_for_function("window.ftviz && window.ftviz.ready", timeout=120_000)
+    assert other.inner_text("#projection").startswith("t-SNE (openTSNE)")
+    assert other.evaluate("document.body.dataset.projection") == "tsne"
+    assert "t-SNE (openTSNE) projection" in other.inner_text("#subtitle")
+    assert other.inner_text("#stat-variance") == "–" and other.inner_text("#stat-variance-note") == "PCA only"
+    frames = run.frames()
+    shown = other.evaluate(f"window.ftviz.pointsOf({len(frames) - 1})")
+    assert np.abs(np.stack([shown["x"], shown["y"]], 1) - frames[-1]).max() <= tolerance(frames)
+    context.close()
+
+
+def test_png_panel_opens_in_the_browser(browser, tiny_run, tmp_path):
+    """The paper panel is a PNG a browser decodes, at the size the painter promises."""
+    from ftviz.render import render_run
+
+    path = render_run(tiny_run, output_format="png", out=tmp_path / "panel.png", steps="first,last")
+    context = browser.new_context()
+    viewer = context.new_page()
+    viewer.set_content(f'<img id="panel" src="data:image/png;base64,{__import__("base64").b64encode(path.read_bytes()).decode()}">')
+    viewer.wait_for_function("document.getElementById('panel').complete")
+    width, height = viewer.evaluate("[document.getElementById('panel').naturalWidth, document.getElementById('panel').naturalHeight]")
+    assert width == 24 * 2 + 2 * 520 + 20 and height > 520
+    context.close()

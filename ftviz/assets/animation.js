@@ -1,7 +1,7 @@
 /* ftviz animation page: inflates the embedded run, draws the plots and drives playback.
  *
  * Data: #ftviz-meta (JSON) describes the arrays packed in #ftviz-points (base64 of a zlib
- * stream per array, see ftviz/render.py:encode_blob): per array its dtype, shape, offset and
+ * stream per array, see ftviz/render/codec.py:encode_blob): per array its dtype, shape, offset and
  * layout (plain; delta: zigzag differences along the frame axis; points: stored transposed).
  * Bytes of multi-byte values are split into planes (all low bytes, then all high bytes).
  *
@@ -10,7 +10,7 @@
  *
  * window.ftviz exposes the state for scripts and tests: ready (and readyMs, timings: ms
  * since navigation), frame (the frame shown or being moved to), settled (no move running),
- * goTo(frame, ms), play(), pause(), isPlaying(), setColorBy(mode), setFitFrames(on),
+ * goTo(frame, ms), play(), pause(), isPlaying(), setColorBy(mode), setFitFrames(on), setCards(kind),
  * pointsOf(frame) and displayed() (coordinates on screen), thumbnailsLoaded, draws (scatter
  * redraws so far, for measuring playback).
  */
@@ -86,6 +86,9 @@
   const DX = new Float32Array(N); // coordinates on screen
   const DY = new Float32Array(N);
   let colorBy = meta.colorBy;
+  // The card strip: the frame's top outliers, or the most suspicious labels (suspicion.parquet).
+  let cards = meta.suspicion ? "suspicion" : "outliers";
+  const cardIds = (t) => (cards === "suspicion" ? meta.suspicion.top.map((entry) => entry.id) : meta.top[t]);
   let groupsCache = new Map();
   let anim = null;
   let playing = false;
@@ -129,12 +132,19 @@
   const ease = (u) => (u < 0.5 ? 4 * u * u * u : 1 - Math.pow(-2 * u + 2, 3) / 2);
   const reducedMotion = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
 
+  // Quantised scores: code 255 = missing, else range[0] + code * span / (levels - 1).
+  const SCORES = {
+    outlier: { range: meta.outlierRange, top: (meta.outlierLevels || 255) - 1, perFrame: true },
+    quality: { range: meta.qualityRange, top: 254, perFrame: true },
+    suspicion: { range: meta.suspicionRange, top: 254, perFrame: false },
+  };
   function scoreAt(name, t, i) {
-    const code = arrays[name][t * N + i];
-    if (code === 255) return NaN;
-    const range = name === "outlier" ? meta.outlierRange : meta.qualityRange;
-    return range[0] + (code * (range[1] - range[0])) / 254;
+    const score = SCORES[name];
+    const code = arrays[name][score.perFrame ? t * N + i : i];
+    if (code === undefined || code === 255) return NaN;
+    return score.range[0] + (code * (score.range[1] - score.range[0])) / score.top;
   }
+  const CONTINUOUS = { outlier_score: "outlier", suspicion: "suspicion" };
   const predictedAt = (t, i) => {
     const value = arrays.predicted[t * N + i];
     return value === meta.missingLabel ? -1 : value;
@@ -148,18 +158,18 @@
     const legend = modeLabels.get(mode) || mode;
     if (mode === "label" || mode === "prediction") return { names: meta.classNames, colors: meta.palette, legend: legend };
     if (mode === "label_issue" || mode === "noise") return { names: meta.flagNames[mode], colors: meta.flagColors[mode], legend: legend };
-    return { names: ["outlier score"], colors: null, legend: legend };
+    return { names: [legend], colors: null, legend: legend };
   }
 
   function groupsFor(mode, t) {
-    const isStatic = mode === "label" || mode === "noise";
+    const isStatic = mode === "label" || mode === "noise" || mode === "suspicion";
     const key = mode + ":" + (isStatic ? 0 : t);
     let groups = groupsCache.get(key);
     if (groups) return groups;
-    if (mode === "outlier_score") {
+    if (CONTINUOUS[mode]) {
       // One trace, drawn from typical to atypical so the outliers sit on top.
       const ids = Int32Array.from({ length: N }, (_, i) => i);
-      const codes = arrays.outlier.subarray(t * N, (t + 1) * N);
+      const codes = mode === "suspicion" ? arrays.suspicion : arrays.outlier.subarray(t * N, (t + 1) * N);
       const key = (i) => (codes[i] === 255 ? -1 : codes[i]);
       ids.sort((a, b) => key(a) - key(b));
       groups = [ids];
@@ -194,13 +204,14 @@
     const info = modeInfo(colorBy);
     const size = meta.pointSize;
     const traces = [];
-    if (colorBy === "outlier_score") {
+    if (CONTINUOUS[colorBy]) {
+      const outlier = colorBy === "outlier_score";
       traces.push({
-        type: "scattergl", mode: "markers", name: "outlier score", x: [], y: [], hoverinfo: "none", showlegend: false,
+        type: "scattergl", mode: "markers", name: info.legend, x: [], y: [], hoverinfo: "none", showlegend: false,
         marker: {
-          size: size, opacity: 0.9, color: [], colorscale: meta.outlierColorscale,
-          cmin: meta.colorRange[0], cmax: meta.colorRange[1],
-          colorbar: { title: { text: "outlier<br>score", side: "top" }, thickness: 12, len: 0.55, y: 0.45, outlinewidth: 0 },
+          size: size, opacity: 0.9, color: [], colorscale: outlier ? meta.outlierColorscale : meta.suspicionColorscale,
+          cmin: outlier ? meta.colorRange[0] : meta.suspicionRange[0], cmax: outlier ? meta.colorRange[1] : meta.suspicionRange[1],
+          colorbar: { title: { text: outlier ? "outlier<br>score" : "label<br>suspicion", side: "top" }, thickness: 12, len: 0.55, y: 0.45, outlinewidth: 0 },
         },
       });
     } else {
@@ -217,7 +228,7 @@
       }
     }
     traces.push({
-      type: "scattergl", mode: "markers", name: "top outliers", x: [], y: [], hoverinfo: "none",
+      type: "scattergl", mode: "markers", name: cards === "suspicion" ? "most suspicious" : "top outliers", x: [], y: [], hoverinfo: "none",
       marker: { symbol: "circle-open", size: size * 2 + 7, color: "#111111", line: { width: 1.6 } },
     });
     traces.push({
@@ -262,16 +273,16 @@
       xs.push(x);
       ys.push(y);
     }
-    const top = meta.top[t];
+    const top = cardIds(t);
     xs.push(Float32Array.from(top, (i) => DX[i]));
     ys.push(Float32Array.from(top, (i) => DY[i]));
     xs.push(focusId >= 0 ? [DX[focusId]] : []);
     ys.push(focusId >= 0 ? [DY[focusId]] : []);
     let colors = null;
-    if (colorBy === "outlier_score") {
+    if (CONTINUOUS[colorBy]) {
       const ids = groups[0];
       colors = new Float32Array(ids.length);
-      for (let j = 0; j < ids.length; j++) colors[j] = scoreAt("outlier", t, ids[j]);
+      for (let j = 0; j < ids.length; j++) colors[j] = scoreAt(CONTINUOUS[colorBy], t, ids[j]);
     }
     return { xs: xs, ys: ys, colors: colors };
   }
@@ -290,7 +301,7 @@
   }
 
   function idForPoint(curve, point) {
-    if (curve === traceCount - 2) return meta.top[api.frame][point];
+    if (curve === traceCount - 2) return cardIds(api.frame)[point];
     if (curve >= traceCount - 2) return -1;
     const groups = groupsFor(colorBy, api.frame);
     return groups[curve] ? groups[curve][point] : -1;
@@ -361,6 +372,7 @@
     line(text, "prediction", className(predicted), predicted >= 0 && predicted !== given ? ["issue", "≠ given"] : null);
     line(text, "outlier score", fmt(scoreAt("outlier", t, id), 3));
     line(text, "label quality", fmt(scoreAt("quality", t, id), 3), arrays.issue[t * N + id] ? ["issue", "label issue"] : null);
+    if (arrays.suspicion) line(text, "suspicion", fmt(scoreAt("suspicion", t, id), 3), arrays.flagged && arrays.flagged[id] ? ["issue", "flagged"] : null);
     drawThumbnail(byId("tooltip-thumb"), id);
     tooltip.hidden = false;
     const box = tooltip.getBoundingClientRect();
@@ -438,7 +450,7 @@
   let outlierCards = [];
   function buildOutlierCards() {
     const container = byId("outliers");
-    const k = meta.top.length ? meta.top[0].length : 0;
+    const k = Math.max(meta.top.length ? meta.top[0].length : 0, meta.suspicion ? meta.suspicion.top.length : 0);
     container.style.setProperty("--top", String(Math.max(1, k)));
     for (let j = 0; j < k; j++) {
       const card = document.createElement("div");
@@ -467,15 +479,32 @@
 
   function updateOutliers() {
     const t = api.frame;
-    meta.top[t].forEach((id, j) => {
-      const entry = outlierCards[j];
-      if (!entry) return;
+    const ids = cardIds(t);
+    byId("cards-title").textContent = cards === "suspicion" ? "Most suspicious labels" : "Top outliers at this step";
+    byId("cards-hint").textContent = cards === "suspicion"
+      ? "ranked by suspicion over the whole history; the detector that ranks each highest; red: flagged"
+      : "highest kNN outlier score at this step; rank of the score; red: flagged as a label issue";
+    outlierCards.forEach((entry, j) => {
+      const id = ids[j];
+      entry.card.hidden = id === undefined;
+      if (id === undefined) return;
       entry.card.dataset.id = id;
-      const issue = arrays.issue[t * N + id] === 1;
       const noisy = arrays.noisy ? arrays.noisy[id] === 1 : false;
-      entry.card.classList.toggle("issue", issue);
+      let issue;
       drawThumbnail(entry.canvas, id);
-      entry.side.replaceChildren(element("div", "rank", "#" + (j + 1)), element("div", "score", fmt(scoreAt("outlier", t, id), 3)));
+      if (cards === "suspicion") {
+        const listed = meta.suspicion.top[j];
+        issue = listed.flagged && (listed.issueStep === null || meta.steps[t] >= listed.issueStep);
+        entry.side.replaceChildren(element("div", "rank", "#" + listed.rank + " of " + N),
+          element("div", "score", fmt(listed.suspicion, 3)));
+        if (listed.detector) entry.side.appendChild(element("div", "detector", listed.detector + " #" + listed.detectorRank));
+        if (listed.issueStep !== null) entry.side.appendChild(element("div", "detector", "from step " + listed.issueStep));
+      } else {
+        issue = arrays.issue[t * N + id] === 1;
+        entry.side.replaceChildren(element("div", "rank", "#" + (j + 1) + " of " + N), element("div", "score", fmt(scoreAt("outlier", t, id), 3)));
+        entry.side.appendChild(element("div", "detector", "kNN outlier"));
+      }
+      entry.card.classList.toggle("issue", issue);
       if (issue) entry.side.appendChild(element("span", "badge issue", "issue"));
       if (noisy) entry.side.appendChild(element("span", "badge noise", "noise"));
       const text = "label " + className(arrays.given[id]) + " · pred " + className(predictedAt(t, id));
@@ -497,12 +526,53 @@
     byId("stat-variance").textContent = meta.diagnostics.explained_variance[t] === null ? "–"
       : (100 * meta.diagnostics.explained_variance[t]).toFixed(0) + "%";
     updateOutliers();
+    updateDetectors();
     let source = null;
     for (let k = t; k >= 0 && source === null; k--) if (generated[String(k)]) source = generated[String(k)];
     // The card is laid out from the start when the run has images (no jump once they load).
     byId("generated-card").hidden = meta.generatedFrames.length === 0;
     if (source !== null && byId("generated").src !== source) byId("generated").src = source;
     document.body.dataset.frame = String(t);
+  }
+
+  // ---- detector table (detectors.parquet: how each detector finds the injected noise) ----
+  const METRICS = [["auroc", "AUROC", 3], ["average_precision", "AP", 3], ["precision", "prec.", 2],
+    ["recall", "recall", 2], ["f1", "F1", 2], ["n_flagged", "flagged", 0]];
+  function buildDetectors() {
+    const rows = meta.detectors;
+    byId("detectors-card").hidden = !rows;
+    if (!rows) return;
+    const head = byId("detectors").createTHead().insertRow();
+    for (const name of ["detector"].concat(METRICS.map((m) => m[1]))) head.appendChild(element("th", "", name));
+  }
+
+  /** Whole-history detectors always; single-frame ones at the frame's step. */
+  function updateDetectors() {
+    const rows = meta.detectors;
+    if (!rows) return;
+    const step = meta.steps[api.frame];
+    const shown = rows.filter((row) => row.step === null || row.step === step);
+    const best = Math.max(...shown.map((row) => (row.f1 === null ? -1 : row.f1)));
+    const body = document.createElement("tbody");
+    for (const row of shown) {
+      const tr = body.insertRow();
+      tr.dataset.detector = row.detector;
+      if (row.f1 !== null && row.f1 === best) tr.className = "best";
+      tr.appendChild(element("td", "", row.detector + (row.step === null ? "" : " @ " + row.step)));
+      for (const [key, , digits] of METRICS) tr.appendChild(element("td", "num", fmt(row[key], digits)));
+    }
+    const table = byId("detectors");
+    if (table.tBodies.length) table.replaceChild(body, table.tBodies[0]);
+    else table.appendChild(body);
+  }
+
+  /** Cards: "outliers" (the frame's top kNN outliers) or "suspicion" (most suspicious labels). */
+  function setCards(kind) {
+    if (kind !== "outliers" && !(kind === "suspicion" && meta.suspicion)) throw new Error("unknown card list " + kind);
+    cards = kind;
+    byId("cards-by").value = kind;
+    updateOutliers();
+    return Plotly.react(scatter, scatterTraces(), scatterLayout());
   }
 
   /** The frame's cursor on a curve plot: an overlay line (and dot), no plotly redraw. */
@@ -659,6 +729,16 @@
     const slider = byId("frame-slider");
     slider.max = String(T - 1);
     buildOutlierCards();
+    buildDetectors();
+    const projection = meta.projection || { method: "pca", name: "PCA" };
+    byId("projection").textContent = projection.name + (projection.method === "pca" ? "" : ", each frame started from the previous one's layout");
+    byId("projection").dataset.method = projection.method;
+    document.body.dataset.projection = projection.method;
+    if (projection.method !== "pca") byId("stat-variance-note").textContent = "PCA only";
+    const cardSelect = byId("cards-by");
+    cardSelect.hidden = !meta.suspicion;
+    cardSelect.value = cards;
+    cardSelect.addEventListener("change", () => setCards(cardSelect.value));
 
     const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
     const quiet = { displayModeBar: false, responsive: true };
@@ -710,7 +790,7 @@
     });
 
     Object.assign(api, {
-      goTo: goTo, play: play, pause: pause, setColorBy: setColorBy, setFitFrames: setFitFrames,
+      goTo: goTo, play: play, pause: pause, setColorBy: setColorBy, setFitFrames: setFitFrames, setCards: setCards,
       pointsOf: (t) => ({ x: Array.from(frameX(clampFrame(t))), y: Array.from(frameY(clampFrame(t))) }),
       displayed: () => ({ x: Array.from(DX), y: Array.from(DY) }),
       isPlaying: () => playing,

@@ -1,0 +1,339 @@
+"""The self-contained animation page (``animation.html``).
+
+The page embeds plotly.js, so it opens offline from the file, and shows, frame by frame
+(one frame per snapshot step):
+
+- a WebGL scatter of the probe set on fixed axes, coloured by given label, prediction,
+  outlier score, label-issue flag, injected noise or label suspicion, with a thumbnail
+  tooltip per point, and the projection it shows (PCA, t-SNE or UMAP);
+- the loss curve (train and eval loss, eval accuracy) as a control: a marker follows the
+  frame and a click on a step jumps to its frame;
+- cards: the frame's top outliers, or (with ``suspicion.parquet``) the most suspicious
+  labels with their rank and the detector that ranks them highest;
+- the projection diagnostics (Procrustes disparity to the previous frame, kNN overlap,
+  explained variance), to tell real change from projection artefacts;
+- the detector table (with ``detectors.parquet``: noise was injected);
+- the generated-sample grid of the frame, where the run has ``generated/step-XXXXXXX.png``.
+
+Per-point data is packed by :mod:`ftviz.render.codec`. Thumbnails are one sprite sheet
+(PNG or JPEG, whichever is smaller), cropped on a canvas when shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from ftviz.errors import FtvizError
+from ftviz.palette import FLAG_COLORS, FLAG_NAMES, OUTLIER_COLORSCALE, SUSPICION_COLORSCALE, class_colours
+from ftviz.render.codec import encode_blob, frame_fits, label_dtype, quantise_coordinates, quantise_unit
+from ftviz.render.data import AnimationData
+from ftviz.render.options import COLOR_MODES, available_modes, render_options
+
+THUMBNAIL_BUDGET_PIXELS = 6_000_000  # thumbnail area over the whole probe (10,000 x 24 px squared)
+# Outlier scores colour the points on a 5-stop scale and read as 3 decimals in the cards:
+# 64 levels are finer than either shows and deflate far better than 255.
+OUTLIER_LEVELS = 64
+DETECTOR_METRICS = ("auroc", "average_precision", "precision", "recall", "f1", "n_flagged")
+
+
+def sprite_sheet(images: np.ndarray, *, max_size: int = 32, image_format: str = "auto",
+                 budget_pixels: int = THUMBNAIL_BUDGET_PIXELS) -> tuple[bytes, dict]:
+    """All thumbnails in one image, row-major in square cells of ``cell`` pixels.
+
+    Parameters
+    ----------
+    images : (N, H, W, 3) uint8 (or (N, H, W) grey).
+    max_size : longest thumbnail side in pixels; larger images are downscaled.
+    image_format : "png", "jpeg" or "auto" (PNG unless JPEG is under 3/4 of its size).
+    budget_pixels : big probes get smaller thumbnails so that N * side**2 stays under this
+        (never below 12 px), which keeps the page a few MB for 10,000 images.
+
+    Returns
+    -------
+    data : the encoded sheet.
+    info : {"mime", "cell", "width", "height", "columns", "count"}; thumbnail i is the
+        ``width`` x ``height`` box at (i % columns * cell, i // columns * cell).
+    """
+    from PIL import Image
+
+    if image_format not in ("auto", "png", "jpeg"):
+        raise FtvizError(f"render.thumbnail_format must be auto, png or jpeg, got {image_format!r}")
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise FtvizError(f"probe images must be (N, H, W, 3), got {images.shape}; rerun training")
+    if images.dtype != np.uint8:
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    count, height, width = images.shape[:3]
+    side = min(max_size, max(height, width), max(12, int(math.sqrt(budget_pixels / max(count, 1)))))
+    factor = side / max(height, width)
+    thumb_w, thumb_h = max(1, round(width * factor)), max(1, round(height * factor))
+    # Cells of a multiple of 16 px keep JPEG blocks (4:2:0) from bleeding between thumbnails.
+    cell = int(math.ceil(max(thumb_w, thumb_h) / 16) * 16)
+    columns = max(1, int(math.ceil(math.sqrt(count))))
+    rows = int(math.ceil(count / columns))
+    sheet = np.full((rows * cell, columns * cell, 3), 255, dtype=np.uint8)
+    for index in range(count):
+        tile = images[index, ..., :3]
+        if (thumb_w, thumb_h) != (width, height):
+            tile = np.asarray(Image.fromarray(tile).resize((thumb_w, thumb_h), Image.Resampling.LANCZOS))
+        r, c = divmod(index, columns)
+        sheet[r * cell : r * cell + thumb_h, c * cell : c * cell + thumb_w] = tile
+    picture = Image.fromarray(sheet)
+    encoded = {}
+    if image_format in ("auto", "png"):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", compress_level=6)
+        encoded["png"] = buffer.getvalue()
+    if image_format in ("auto", "jpeg"):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=85)
+        encoded["jpeg"] = buffer.getvalue()
+    if image_format == "auto":
+        chosen = "jpeg" if len(encoded["jpeg"]) < 0.75 * len(encoded["png"]) else "png"
+    else:
+        chosen = image_format
+    info = {"mime": f"image/{chosen}", "cell": cell, "width": thumb_w, "height": thumb_h,
+            "columns": columns, "count": int(count)}
+    return encoded[chosen], info
+
+
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON safe inside <script>: no "</" can close the tag early."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
+def _finite_list(values: np.ndarray, digits: int = 6) -> list:
+    return [None if not math.isfinite(v) else round(float(v), digits) for v in np.asarray(values, dtype=float)]
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def suspicion_meta(data: AnimationData, top: int) -> dict | None:
+    """What the page shows of ``suspicion.parquet``: ranges, and the ``top`` most suspicious samples.
+
+    Each listed sample: id, rank (1 = most suspicious), suspicion, flagged, issue_step (None if
+    never) and ``detector``, the detector column that ranks it highest, with that rank.
+    """
+    table = data.suspicion
+    if table is None:
+        return None
+    suspicion = table["suspicion"].to_numpy(dtype=np.float64)
+    order = np.argsort(-np.where(np.isfinite(suspicion), suspicion, -np.inf), kind="stable")
+    reserved = {"id", "suspicion", "is_label_issue", "issue_step"}
+    detectors = [c for c in table.columns if c not in reserved and table[c].dtype.kind == "f"]
+    ranks = {}
+    for name in detectors:
+        values = table[name].to_numpy(dtype=np.float64)
+        ranked = np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")
+        position = np.empty(len(values), dtype=np.int64)
+        position[ranked] = np.arange(1, len(values) + 1)
+        ranks[name] = position
+    flagged = table["is_label_issue"].to_numpy(dtype=bool) if "is_label_issue" in table else np.zeros(len(table), bool)
+    issue_step = table["issue_step"].to_numpy() if "issue_step" in table else np.full(len(table), -1)
+    listed = []
+    for rank, index in enumerate(order[:top], start=1):
+        best = min(detectors, key=lambda name: ranks[name][index]) if detectors else None
+        step = issue_step[index]
+        listed.append({
+            "id": int(index), "rank": rank, "suspicion": _finite(suspicion[index]), "flagged": bool(flagged[index]),
+            "issueStep": None if step is None or not np.isfinite(float(step)) or float(step) < 0 else int(step),
+            "detector": best, "detectorRank": int(ranks[best][index]) if best else None,
+        })
+    return {"top": listed, "detectors": detectors, "flagged": int(flagged.sum())}
+
+
+def detector_rows(data: AnimationData) -> list[dict] | None:
+    """``detectors.parquet`` as rows for the page's table (step None for whole-history detectors)."""
+    table = data.detectors
+    if table is None or not len(table):
+        return None
+    rows = []
+    for record in table.to_dict("records"):
+        step = record.get("step")
+        row = {"detector": str(record.get("detector", "?")),
+               "step": None if step is None or (isinstance(step, float) and not math.isfinite(step)) else int(step)}
+        for metric in DETECTOR_METRICS:
+            row[metric] = _finite(record.get(metric))
+        rows.append(row)
+    return rows
+
+
+def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
+    """The self-contained HTML page for ``data``.
+
+    Returns
+    -------
+    page : the HTML text.
+    sizes : bytes of each part, measured in the page text: {"total", "plotlyjs",
+        "points" (the #ftviz-points element's text: per-point data, base64), "thumbnails",
+        "generated", "meta" (the #ftviz-meta JSON), "other"} and "bytes_per_point_frame"
+        ((points + meta) / (N T)), "coordinate_bytes_per_point_frame".
+    """
+    from importlib.resources import files
+
+    from plotly.offline import get_plotlyjs
+
+    options = render_options(config)
+    n_frames, n_points = data.n_frames, data.n_points
+    codes, axes = quantise_coordinates(data.frames)
+    outlier_codes, outlier_range = quantise_unit(data.outlier, levels=OUTLIER_LEVELS)
+    quality_codes, quality_range = quantise_unit(data.quality)
+    n_classes = len(data.class_names)
+    labels = label_dtype(n_classes)
+    predicted = np.where(data.predicted < 0, np.iinfo(labels).max, data.predicted).astype(labels)
+    # Layouts chosen by measurement on real runs (see encode_blob): coordinates and scores
+    # drift from frame to frame, predictions and flags mostly stay put per point.
+    arrays = [
+        ("coords", codes, "delta"),
+        ("outlier", outlier_codes, "delta"),
+        ("quality", quality_codes, "delta"),
+        ("predicted", predicted, "points"),
+        ("issue", data.issue.astype(np.uint8), "points"),
+        ("given", data.given_labels.astype(labels), "plain"),
+    ]
+    if data.true_labels is not None:
+        arrays.append(("true", data.true_labels.astype(labels), "plain"))
+    if data.is_noisy is not None:
+        arrays.append(("noisy", data.is_noisy.astype(np.uint8), "plain"))
+    suspicion_range = [0.0, 1.0]
+    if data.suspicion is not None:
+        suspicion_codes, suspicion_range = quantise_unit(data.suspicion["suspicion"].to_numpy(dtype=np.float64))
+        arrays.append(("suspicion", suspicion_codes, "plain"))
+        if "is_label_issue" in data.suspicion:
+            arrays.append(("flagged", data.suspicion["is_label_issue"].to_numpy(dtype=bool).astype(np.uint8), "plain"))
+    blob, descriptors = encode_blob(arrays)
+    blob_text = base64.b64encode(blob).decode("ascii")
+
+    thumbnails = None
+    thumbnail_text = ""
+    if options["thumbnails"] and data.images is not None:
+        sheet, info = sprite_sheet(data.images, max_size=int(options["thumbnail_size"]),
+                                   image_format=str(options["thumbnail_format"]))
+        thumbnails = info
+        thumbnail_text = _data_url(sheet, info["mime"])
+    generated_urls = {str(i): _data_url(p.read_bytes(), "image/png") for i, p in sorted(data.generated.items())}
+
+    outlier_finite = data.outlier[np.isfinite(data.outlier)]
+    color_range = ([float(np.percentile(outlier_finite, 1)), float(np.percentile(outlier_finite, 99.5))]
+                   if outlier_finite.size else [0.0, 1.0])
+    modes = available_modes(data)
+    color_by = options["color_by"] if options["color_by"] in modes else "label"
+    top = int(data.top.shape[1])
+    meta = {
+        "title": data.title,
+        "subtitle": data.subtitle,
+        "name": data.name, "model": data.model, "dataset": data.dataset,
+        "T": n_frames, "N": n_points,
+        "steps": [int(s) for s in data.steps],
+        "epochs": _finite_list(data.epochs, 4),
+        "classNames": data.class_names,
+        "axes": axes,
+        "fit": frame_fits(data.frames),
+        "axesMode": options["axes"],
+        "projection": data.projection,
+        "outlierRange": outlier_range, "outlierLevels": OUTLIER_LEVELS,
+        "qualityRange": quality_range, "colorRange": color_range,
+        "suspicionRange": suspicion_range,
+        "arrays": descriptors,
+        "missingLabel": int(np.iinfo(labels).max),
+        "metrics": {"train": data.train_metrics, "eval": data.eval_metrics},
+        "diagnostics": {
+            "disparity": _finite_list(data.disparity, 4),
+            "knn_overlap": _finite_list(data.knn_overlap, 4),
+            "explained_variance": _finite_list(data.explained_variance, 4),
+        },
+        "top": data.top.astype(int).tolist(),
+        "suspicion": suspicion_meta(data, top),
+        "detectors": detector_rows(data),
+        "thumbnails": thumbnails,
+        "palette": class_colours(n_classes),
+        "outlierColorscale": [list(stop) for stop in OUTLIER_COLORSCALE],
+        "suspicionColorscale": [list(stop) for stop in SUSPICION_COLORSCALE],
+        "flagColors": {k: list(v) for k, v in FLAG_COLORS.items()},
+        "flagNames": {k: list(v) for k, v in FLAG_NAMES.items()},
+        "colorModes": [[m, COLOR_MODES[m]] for m in modes],
+        "colorBy": color_by,
+        "hasNoise": data.has_noise,
+        "generatedFrames": sorted(int(i) for i in data.generated),
+        "pointSize": float(options["point_size"]),
+        "frameMs": int(options["frame_ms"]),
+        "transitionMs": int(options["transition_ms"]),
+    }
+
+    assets = files("ftviz") / "assets"
+    template = (assets / "animation.html").read_text(encoding="utf-8")
+    plotly_js = get_plotlyjs()
+    meta_text = _json_for_script(meta)
+    pieces = {
+        "{{TITLE}}": html.escape(data.title),
+        "{{HEADING}}": html.escape(data.title),
+        "{{SUBTITLE}}": html.escape(data.subtitle),
+        "/*{{CSS}}*/": (assets / "animation.css").read_text(encoding="utf-8"),
+        "{{META}}": meta_text,
+        "{{POINTS}}": blob_text,
+        "{{THUMBNAILS}}": thumbnail_text,
+        "{{GENERATED}}": _json_for_script(generated_urls),
+        "/*{{APP}}*/": (assets / "animation.js").read_text(encoding="utf-8"),
+        "/*{{PLOTLYJS}}*/": plotly_js,
+    }
+    page = _fill_template(template, pieces)
+    sizes = measure_page(page)
+    point_frames = max(1, n_points * n_frames)
+    sizes["bytes_per_point_frame"] = (sizes["points"] + sizes["meta"]) / point_frames
+    # base64 turns 3 bytes into 4: the coordinates' share of the embedded text.
+    sizes["coordinate_bytes_per_point_frame"] = descriptors[0]["bytes"] * 4 / 3 / point_frames
+    return page, sizes
+
+
+def measure_page(page: str) -> dict:
+    """Bytes (UTF-8) of a page's parts, found in the page text itself.
+
+    {"total", "plotlyjs", "points", "meta", "thumbnails", "generated", "other"}; "other" is
+    what is left (markup, CSS, the page's script), so the parts add up to the total.
+    """
+    import re
+
+    def element(pattern: str) -> int:
+        match = re.search(pattern, page, re.S)
+        return len(match.group(1).encode("utf-8")) if match else 0
+
+    sizes = {
+        "total": len(page.encode("utf-8")),
+        "points": element(r'<script type="application/octet-stream" id="ftviz-points">(.*?)</script>'),
+        "meta": element(r'<script type="application/json" id="ftviz-meta">(.*?)</script>'),
+        "thumbnails": element(r'<script type="text/plain" id="ftviz-thumbnails">(.*?)</script>'),
+        "generated": element(r'<script type="application/json" id="ftviz-generated">(.*?)</script>'),
+        "plotlyjs": element(r"<script id=\"ftviz-plotlyjs\">\n(.*?)\n</script>"),
+    }
+    sizes["other"] = sizes["total"] - sum(v for k, v in sizes.items() if k != "total")
+    return sizes
+
+
+def _fill_template(template: str, pieces: dict[str, str]) -> str:
+    """Replace each marker once, in one pass: inserted text is never searched for markers."""
+    import re
+
+    pattern = re.compile("|".join(re.escape(marker) for marker in pieces))
+    found = pattern.findall(template)
+    if sorted(found) != sorted(pieces):
+        raise RuntimeError(f"the page template's markers {found} do not match {sorted(pieces)}")
+    return pattern.sub(lambda match: pieces[match.group(0)], template)
