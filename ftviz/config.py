@@ -70,15 +70,23 @@ class DetectConfig:
 
 @dataclass
 class ProjectConfig:
-    basis: str = "per_frame"  # per_frame (the article) | shared (one PCA of all frames)
+    method: str = "pca"  # pca | tsne (openTSNE) | umap (umap-learn): t-SNE/UMAP need ftviz[projection]
+    basis: str = "per_frame"  # PCA: per_frame (the article) | shared (one PCA of all frames)
     reference: str = "previous"  # Procrustes reference, see ftviz.align.align_sequence
     knn: int = 10  # neighbours for the neighbourhood-preservation diagnostic
     knn_sample: int = 2000  # points used for that diagnostic per frame
+    # t-SNE / UMAP schedule: the first frame from scratch, every later one warm-started from
+    # the previous frame's layout (iterations for t-SNE, epochs for UMAP).
+    first_iter: int = 750
+    iter: int = 50
+    last_iter: int = 0  # extra iterations for the last frame
+    perplexity: float = 30.0  # t-SNE
+    neighbors: int = 15  # UMAP n_neighbors
 
 
 @dataclass
 class RenderConfig:
-    color_by: str = "label"  # label | prediction | outlier_score | label_issue | noise
+    color_by: str = "label"  # label | prediction | outlier_score | label_issue | noise | suspicion (detect stage)
     point_size: float = 5.0
     frame_ms: int = 400  # playback: time per snapshot (GIF/MP4 too)
     thumbnails: bool = True
@@ -212,6 +220,7 @@ def validate(config: ExperimentConfig) -> None:
         (config.train.precision in ("auto", "fp32", "bf16"), "train.precision: auto, fp32 or bf16"),
         (config.train.embed_precision in ("auto", "fp32", "bf16"), "train.embed_precision: auto, fp32 or bf16"),
         (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
+        (config.project.method in ("pca", "tsne", "umap"), f"project.method: pca, tsne or umap, got {config.project.method!r}"),
         (config.project.basis in ("per_frame", "shared"), "project.basis: per_frame or shared"),
         (_is_frame_reference(config.project.reference),
          f"project.reference: previous, first, last, consensus or a frame index, got {config.project.reference!r}"),
