@@ -134,9 +134,12 @@ class FtvizCallback(TrainerCallback):
         self.recorder.rows.extend(rows)
         # The probe row of this step gets the step's learning rate, which the Trainer logs.
         rates = [r["learning_rate"] for r in rows if r["split"] == "train"]
-        for row in self.recorder.rows:
-            if rates and row["split"] == "probe" and row["step"] == state.global_step:
-                row["learning_rate"] = rates[-1]
+        everything = self.recorder.rows
+        for index in range(len(everything) - len(rows) - 1, -1, -1):  # this step's rows are the last ones
+            if everything[index]["step"] != state.global_step:
+                break
+            if rates and everything[index]["split"] == "probe":
+                everything[index]["learning_rate"] = rates[-1]
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.recorder is None:
