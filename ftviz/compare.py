@@ -20,6 +20,15 @@ Per grid frame and run, :func:`compare_runs` computes
 ``cka_<run>``
     Linear CKA between this run's embedding and the other run's embedding at the same
     progress (1 = the same geometry up to rotation and isotropic scale).
+``sample_accuracy`` (diffusion runs; NaN for the others)
+    The fraction of the snapshot's generated samples (``generated/step-XXXXXXX.npz``: uint8
+    images and the class each was conditioned on) that a *classifier run* of the comparison
+    assigns to their conditioning class. The classifier is that run's final model
+    (``weights/final.pt``, built through the model registry from its ``run.json`` config),
+    so every frame is judged by the same, fully trained classifier; ``sample_classifier``
+    names the run. By default it is the first compared run that has final weights and no
+    generated samples; ``classifier`` chooses another. Computed at every frame (a few
+    dozen images per snapshot through a small classifier: cheap).
 
 and writes ``compare.html`` (self-contained: plotly.js embedded), ``compare.parquet`` and
 ``compare.csv`` to the output folder.
@@ -38,14 +47,12 @@ from pathlib import Path
 import numpy as np
 
 from ftviz.errors import FtvizError
+from ftviz.palette import CLASS_PALETTE
 
 KNN_K = 10
 SILHOUETTE_SAMPLE = 2000
 _RUN_COLOURS = ("#1f3b73", "#c0392b", "#1e8449", "#7d3c98", "#d35400", "#117a65", "#7f8c8d", "#b7950b")
-_CLASS_COLOURS = (
-    "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD",
-    "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF",
-)
+_CLASS_COLOURS = CLASS_PALETTE  # one palette: a class has the colour it has in the animation
 
 
 # ---- metrics -----------------------------------------------------------------------------
@@ -151,6 +158,7 @@ class ComparedRun:
     label : short unique name (the folder name; parent/name when two folders share one).
     steps : (T,) snapshot steps; progress : (T,) steps / total steps, in [0, 1].
     frames : (T, N, 2) the run's own aligned 2-D frames.
+    generated : {step: path of generated/step-XXXXXXX.npz}, empty unless a diffusion run.
     """
 
     label: str
@@ -161,7 +169,9 @@ class ComparedRun:
     frames: np.ndarray
     samples: object
     scores: object
+    generated: dict = field(default_factory=dict)
     _embeddings: dict = field(default_factory=dict, repr=False)
+    _per_frame: dict = field(default_factory=dict, repr=False)
 
     def embedding(self, index: int) -> np.ndarray:
         """(N, D) float32 embedding of snapshot ``index`` (cached)."""
@@ -172,14 +182,13 @@ class ComparedRun:
 
     def label_quality(self, index: int) -> np.ndarray:
         """(N,) Cleanlab label quality at snapshot ``index``, in sample-id order."""
-        step = int(self.steps[index])
-        rows = self.scores[self.scores["step"] == step].sort_values("id")
-        if len(rows) != len(self.samples):
-            raise FtvizError(
-                f"{self.run.path}: scores.parquet has {len(rows)} rows for step {step}, expected "
-                f"{len(self.samples)}; rerun `ftviz score {self.run.path}`"
-            )
-        return rows["label_quality"].to_numpy()
+        if "label_quality" not in self._per_frame:  # (T, N), read once by the shared reader
+            from ftviz.render.data import scores_per_frame
+
+            self._per_frame["label_quality"] = scores_per_frame(
+                self.run, steps=self.steps, n_points=len(self.samples), columns=["label_quality"],
+                scores=self.scores, complete=True)["label_quality"]
+        return self._per_frame["label_quality"][index]
 
 
 def load_run(path, label: str) -> ComparedRun:
@@ -209,7 +218,97 @@ def load_run(path, label: str) -> ComparedRun:
         frames=frames,
         samples=run.samples().sort_values("id").reset_index(drop=True),
         scores=run.scores()[["step", "id", "label_quality"]],
+        generated=generated_sample_files(run),
     )
+
+
+# ---- generated samples and the classifier that judges them ---------------------------------
+def generated_sample_files(run) -> dict[int, Path]:
+    """{step: ``generated/step-XXXXXXX.npz``} of a run (empty when it generates nothing)."""
+    files = {}
+    for path in sorted((Path(run.path) / "generated").glob("step-*.npz")):
+        try:
+            files[int(path.stem.split("-", 1)[1])] = path
+        except ValueError:  # not a name the diffusion model writes
+            continue
+    return files
+
+
+def read_generated(path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (B, S, S, 3) and their conditioning classes (B,) from one sample file."""
+    try:
+        with np.load(path) as data:
+            images, labels = data["images"], data["labels"]
+    except (OSError, ValueError, KeyError) as error:
+        raise FtvizError(f"{path} is not a generated-sample file ({error}); rerun the diffusion run") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(labels) != len(images):
+        raise FtvizError(f"{path} holds images {images.shape} {images.dtype} and labels {labels.shape}; "
+                         "expected uint8 (B, S, S, 3) and (B,)")
+    return images, labels.astype(np.int64)
+
+
+def load_classifier(run):
+    """A classifier run's final model, in eval mode on the CPU.
+
+    Built with :func:`ftviz.models.create_model` from the config in ``run.json``, then given
+    the weights of ``weights/final.pt``.
+    """
+    import torch
+
+    from ftviz.config import ExperimentConfig, _apply
+    from ftviz.models import create_model
+
+    path = Path(run.path) / "weights" / "final.pt"
+    if not path.is_file():
+        raise FtvizError(f"{run.path} has no weights/final.pt to classify generated samples with; "
+                         "train it to the end with train.save_weights = \"latest\"")
+    manifest = run.manifest()
+    config = ExperimentConfig()
+    _apply(config, manifest.get("config", {}), "")
+    model = create_model(config.model.name, num_classes=manifest["model"]["num_classes"],
+                         image_size=config.data.image_size, pretrained=config.model.pretrained,
+                         **config.model.options)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def sample_accuracy(classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 256) -> float:
+    """Fraction of ``images`` (uint8 (B, H, W, 3)) that ``classifier`` assigns to ``labels`` (B,).
+
+    The classifier resizes the images to its own input size (its ``preprocess``); fp32.
+    """
+    import torch
+
+    from ftviz.embed import probe_forward
+
+    if len(images) == 0:
+        return float("nan")
+    device = next(classifier.parameters()).device
+    _, logits = probe_forward(classifier, torch.from_numpy(np.ascontiguousarray(images)).to(device),
+                              batch_size=batch_size)
+    return float((logits.astype(np.float32).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def choose_classifier(runs: list["ComparedRun"], requested: int | None = None) -> int | None:
+    """Index of the run whose final model judges the generated samples, or None.
+
+    ``requested`` (an index) must be a run with ``weights/final.pt`` and no generated samples;
+    by default the first such run, and None when no run generates samples or none classifies.
+    """
+    def classifies(run) -> bool:
+        return not run.generated and (Path(run.run.path) / "weights" / "final.pt").is_file()
+
+    if requested is not None:
+        chosen = runs[requested]
+        if chosen.generated:
+            raise FtvizError(f"--classifier {chosen.label} is a diffusion run; choose a classifier run")
+        if not classifies(chosen):
+            raise FtvizError(f"--classifier {chosen.label}: {chosen.run.path} has no weights/final.pt")
+        return requested
+    if not any(run.generated for run in runs):
+        return None
+    return next((r for r, run in enumerate(runs) if classifies(run)), None)
 
 
 def run_labels(paths) -> list[str]:
@@ -307,24 +406,32 @@ def display_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
     return shown
 
 
-def compare_table(runs: list[ComparedRun], grid: np.ndarray, indices: np.ndarray, *, k: int = KNN_K):
+def compare_table(runs: list[ComparedRun], grid: np.ndarray, indices: np.ndarray, *, k: int = KNN_K,
+                  classifier: int | None = None):
     """One row per (grid frame, run): the metrics of the module docstring.
 
     Columns: frame, progress, run, model, step, run_progress, knn_accuracy, silhouette,
-    label_issue_auroc, and ``cka_<label>`` for every run (1 against itself).
+    label_issue_auroc, sample_accuracy, sample_classifier, and ``cka_<label>`` for every run
+    (1 against itself). ``classifier`` is the index of the run whose final model judges the
+    generated samples (see :func:`choose_classifier`); None leaves sample_accuracy NaN.
     """
     import pandas as pd
 
     true = runs[0].samples["true_label"].to_numpy()
+    judge = load_classifier(runs[classifier].run) if classifier is not None else None
     per_snapshot: dict[tuple[int, int], dict] = {}
     for r, run in enumerate(runs):
         noisy = run.samples["is_noisy"].to_numpy()
         for index in np.unique(indices[r]):
             embedding = run.embedding(int(index))
+            sample_file = run.generated.get(int(run.steps[index]))
+            judged = judge is not None and sample_file is not None
             per_snapshot[r, int(index)] = {
                 "knn_accuracy": knn_accuracy(embedding, true, k=k),
                 "silhouette": silhouette(embedding, true),
                 "label_issue_auroc": label_issue_auroc(run.label_quality(int(index)), noisy),
+                "sample_accuracy": sample_accuracy(judge, *read_generated(sample_file)) if judged else float("nan"),
+                "sample_classifier": runs[classifier].label if judged else "",
             }
     cka_cache: dict[tuple, float] = {}
     rows = []
@@ -373,10 +480,15 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
         ("label_issue_auroc", "label-issue AUROC (1 − label quality)"),
         ("cka", "linear CKA between runs"),
     ]
-    width = 4 * R  # grid columns: each panel spans 4, each chart spans R
+    sampled = [r for r, run in enumerate(runs) if np.isfinite(table[table["run"] == run.label]["sample_accuracy"]).any()]
+    if sampled:
+        judge = next(name for name in table["sample_classifier"] if name)
+        charts.append(("sample_accuracy", f"sample accuracy (generated, judged by {judge})"))
+    C = len(charts)
+    width = C * R  # grid columns: each panel spans C, each chart spans R
     specs = [
-        ([{"type": "xy", "colspan": 4}] + [None] * 3) * R,
-        ([{"type": "xy", "colspan": R}] + [None] * (R - 1)) * 4,
+        ([{"type": "xy", "colspan": C}] + [None] * (C - 1)) * R,
+        ([{"type": "xy", "colspan": R}] + [None] * (R - 1)) * C,
         [{"type": "table", "colspan": width}] + [None] * (width - 1),
     ]
     panel_titles = [f"<b>{run.label}</b> · {run.model}" for run in runs]
@@ -413,7 +525,7 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                 hovertemplate="id %{customdata[0]}<br>given label %{customdata[1]} · true %{customdata[2]}<extra></extra>",
                 showlegend=r == 0, **style,
             )
-            figure.add_trace(trace, row=1, col=4 * r + 1)
+            figure.add_trace(trace, row=1, col=C * r + 1)
             scatter_traces.append((len(figure.data) - 1, r, ids))
 
     # Row 2: metric curves over progress, one line per run (CKA: one per pair).
@@ -431,6 +543,8 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                     ), row=2, col=col)
             continue
         for r, run in enumerate(runs):
+            if metric == "sample_accuracy" and r not in sampled:
+                continue
             values = table[table["run"] == run.label][metric].to_numpy()
             figure.add_trace(go.Scatter(
                 x=percent, y=values, mode="lines", name=run.label, legendgroup=f"run{r}",
@@ -448,11 +562,12 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
             [f"{100 * p:.0f}%" for p in rows["run_progress"]],
             [_format(v) for v in rows["knn_accuracy"]], [_format(v) for v in rows["silhouette"]],
             [_format(v) for v in rows["label_issue_auroc"]],
+            *([[_format(v) for v in rows["sample_accuracy"]]] if sampled else []),
             *[[_format(v) for v in rows[column]] for column in others],
         ]
 
     header = ["run", "model", "step", "progress", "kNN acc.", "silhouette", "label-issue AUROC",
-              *[f"CKA vs {run.label}" for run in runs]]
+              *(["sample acc."] if sampled else []), *[f"CKA vs {run.label}" for run in runs]]
     figure.add_trace(go.Table(
         header=dict(values=[f"<b>{h}</b>" for h in header], fill_color="#eef1f5", align="left",
                     font=dict(size=12)),
@@ -467,7 +582,7 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
     # standardised, see display_frames, so this only removes the outliers' say in the zoom),
     # equal aspect, no tick labels since the coordinates are arbitrary.
     halves = 1.05 * np.stack([np.nanmax(np.abs(f), axis=(1, 2)) for f in frames])  # (R, G)
-    panel_axes = [figure.get_subplot(1, 4 * r + 1) for r in range(R)]
+    panel_axes = [figure.get_subplot(1, C * r + 1) for r in range(R)]
 
     def panel_ranges(g: int) -> dict:
         return {axis.plotly_name: {"range": [-float(halves[r, g]), float(halves[r, g])]}
@@ -476,10 +591,10 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
     for r in range(R):
         half = float(halves[r, 0])
         figure.update_xaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
-                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=4 * r + 1)
+                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=C * r + 1)
         x_name = panel_axes[r].xaxis.plotly_name.replace("axis", "")
         figure.update_yaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
-                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=4 * r + 1,
+                            showline=True, linecolor="#d0d4da", mirror=True, row=1, col=C * r + 1,
                             scaleanchor=x_name, scaleratio=1, constrain="domain")
     for chart in range(len(charts)):
         figure.update_xaxes(range=[0, 100], tickvals=[0, 25, 50, 75, 100],
@@ -543,7 +658,7 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
 
 
 # ---- entry point -------------------------------------------------------------------------
-def compare_runs(paths, *, out=None, align_to=None, log=print) -> Path:
+def compare_runs(paths, *, out=None, align_to=None, classifier=None, log=print) -> Path:
     """Compare runs on their shared probe set; returns the path of ``compare.html``.
 
     Parameters
@@ -551,6 +666,8 @@ def compare_runs(paths, *, out=None, align_to=None, log=print) -> Path:
     paths : run directories (at least one; all with the same probe set).
     out : output folder (default: ``compare/`` beside the first run).
     align_to : a run (its path or label) to align every other run's frames onto.
+    classifier : a run (its path or label) whose final model judges the diffusion runs'
+        generated samples (default: the first classifier run with weights/final.pt).
 
     Writes ``compare.html``, ``compare.parquet`` and ``compare.csv`` into ``out``.
     """
@@ -563,10 +680,16 @@ def compare_runs(paths, *, out=None, align_to=None, log=print) -> Path:
     reference = None
     if align_to is not None:
         reference = _reference_index(str(align_to), paths, labels)
+    requested = _reference_index(str(classifier), paths, labels, option="--classifier") \
+        if classifier is not None else None
     runs = [load_run(path, label) for path, label in zip(paths, labels)]
     check_same_probe(runs)
+    judge = choose_classifier(runs, requested)
+    if judge is None and any(run.generated for run in runs):
+        log("ftviz: no classifier run (weights/final.pt, no generated samples) among the compared runs; "
+            "sample accuracy left empty")
     grid, indices = progress_grid([run.progress for run in runs])
-    table = compare_table(runs, grid, indices)
+    table = compare_table(runs, grid, indices, classifier=judge)
     frames = display_frames(aligned_frames(runs, indices, reference))
     figure = build_figure(runs, frames, table, grid, reference=reference)
 
@@ -579,17 +702,22 @@ def compare_runs(paths, *, out=None, align_to=None, log=print) -> Path:
         figure.write_html(tmp, include_plotlyjs=True, full_html=True, auto_play=False,
                           config={"displaylogo": False, "responsive": True})
     log(f"ftviz: compared {', '.join(labels)} over {len(grid)} frames -> {page}")
+    last = table[(table["frame"] == len(grid) - 1) & np.isfinite(table["sample_accuracy"])]
+    for row in last.itertuples():
+        log(f"ftviz: sample accuracy of {row.run} at step {row.step}: {row.sample_accuracy:.3f} "
+            f"(its generated samples as judged by {row.sample_classifier})")
     return page
 
 
-def _reference_index(align_to: str, paths: list[Path], labels: list[str]) -> int:
-    if align_to in labels:
-        return labels.index(align_to)
-    target = Path(align_to).resolve()
+def _reference_index(name: str, paths: list[Path], labels: list[str], *, option: str = "--align-to") -> int:
+    """Index of the compared run named ``name`` (its label or path)."""
+    if name in labels:
+        return labels.index(name)
+    target = Path(name).resolve()
     for i, path in enumerate(paths):
         if path.resolve() == target:
             return i
     raise FtvizError(
-        f"--align-to {align_to!r} is not one of the compared runs ({', '.join(labels)}); "
+        f"{option} {name!r} is not one of the compared runs ({', '.join(labels)}); "
         "give one of their paths or names"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +16,7 @@ from ftviz import compare
 from ftviz.cli import main as ftviz_main
 from ftviz.errors import FtvizError, MissingStageError
 from ftviz.rundir import RunDir
+from tests.conftest import tiny_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
@@ -29,10 +32,77 @@ def twin_runs(tiny_run, tmp_path):
     return paths
 
 
-@pytest.fixture
-def compared(twin_runs, tmp_path):
-    page = compare.compare_runs(twin_runs, out=tmp_path / "out", log=lambda *_: None)
-    return page, pd.read_parquet(tmp_path / "out" / "compare.parquet")
+# A one-block, two-stage Swin of width 16 at 16 px (window 2): trains in a few seconds.
+TINY_SWIN = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}
+
+
+@pytest.fixture(scope="module")
+def vit_and_swin(tiny_run, tmp_path_factory):
+    """The session's tiny ViT run (copied to runs/vit) and a tiny Swin run (runs/swin) trained
+    on the same data with the same seed and schedule: two models that really differ."""
+    from ftviz.pipeline import run_experiment
+
+    runs = tmp_path_factory.mktemp("two-models") / "runs"
+    shutil.copytree(tiny_run.path, runs / "vit")
+    config = tiny_config(runs, name="swin", model={"name": "swin_tiny_digits", "options": dict(TINY_SWIN)})
+    run_experiment(config, progress=False, log=lambda *_: None)
+    return runs / "vit", runs / "swin"
+
+
+@pytest.fixture(scope="module")
+def compared(vit_and_swin, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compared")
+    page = compare.compare_runs(vit_and_swin, out=out, log=lambda *_: None)
+    return page, pd.read_parquet(out / "compare.parquet")
+
+
+def _decode(value):
+    """plotly's JSON with its typed arrays ({"dtype", "bdata", "shape"}) turned into numpy."""
+    if isinstance(value, dict):
+        if "bdata" in value and "dtype" in value:
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+            if value.get("shape"):
+                array = array.reshape([int(side) for side in str(value["shape"]).split(",")])
+            return array
+        return {key: _decode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    return value
+
+
+def page_figure(page: Path) -> dict:
+    """The data, layout and animation frames a compare page hands to plotly.js, decoded."""
+    html = page.read_text()
+    decoder = json.JSONDecoder()
+
+    def arguments(call: str) -> list:
+        text = html[html.rindex(call) + len(call):]
+        text = text[text.index(",") + 1:]  # past the div id
+        values = []
+        while True:
+            text = text.lstrip()
+            value, end = decoder.raw_decode(text)
+            values.append(_decode(value))
+            text = text[end:].lstrip()
+            if not text.startswith(","):
+                return values
+            text = text[1:]
+
+    data, layout, _ = arguments("Plotly.newPlot(")
+    (frames,) = arguments("Plotly.addFrames(")
+    return {"data": data, "layout": layout, "frames": frames}
+
+
+def panel_points(figure: dict, frame: dict, panel: int) -> np.ndarray:
+    """(N, 2) coordinates of scatter panel ``panel`` in an animation frame, by sample id."""
+    points = {}
+    for index, trace in zip(frame["traces"], frame["data"]):
+        base = figure["data"][index]
+        if base["type"] != "scattergl" or base["xaxis"] != ("x" if panel == 0 else f"x{panel + 1}"):
+            continue
+        for sample, x, y in zip(np.asarray(base["customdata"])[:, 0], trace["x"], trace["y"]):
+            points[int(sample)] = (x, y)
+    return np.array([points[i] for i in sorted(points)])
 
 
 # ---- metrics on cases with known answers -------------------------------------------------
@@ -100,23 +170,37 @@ def test_progress_grid_lines_up_runs_of_different_lengths():
 
 
 # ---- the comparison of two runs ----------------------------------------------------------
-def test_identical_runs_compare_as_identical(compared, twin_runs, tiny_run):
+def test_two_models_compare_frame_by_frame(compared, vit_and_swin, tiny_run):
     page, table = compared
     steps = tiny_run.snapshot_steps()
     assert len(table) == 2 * len(steps)
     assert list(table.columns) == [
         "frame", "progress", "run", "model", "step", "run_progress", "knn_accuracy", "silhouette",
-        "label_issue_auroc", "cka_vit-a", "cka_vit-b",
+        "label_issue_auroc", "sample_accuracy", "sample_classifier", "cka_vit", "cka_swin",
     ]
-    np.testing.assert_allclose(table["cka_vit-a"], 1.0, atol=1e-9)
-    np.testing.assert_allclose(table["cka_vit-b"], 1.0, atol=1e-9)
-    a, b = table[table["run"] == "vit-a"], table[table["run"] == "vit-b"]
-    np.testing.assert_array_equal(a["knn_accuracy"].to_numpy(), b["knn_accuracy"].to_numpy())
-    assert list(a["step"]) == steps
-    np.testing.assert_allclose(a["progress"], np.array(steps) / steps[-1])
+    vit, swin = table[table["run"] == "vit"], table[table["run"] == "swin"]
+    assert set(vit["model"]) == {"vit_tiny"} and set(swin["model"]) == {"swin_tiny_digits"}
+    # The same schedule: both runs show their own snapshot at every progress point.
+    assert list(vit["step"]) == steps and list(swin["step"]) == steps
+    np.testing.assert_allclose(vit["progress"], np.array(steps) / steps[-1])
+    # CKA: 1 against itself, symmetric, and below 1 between the two models.
+    np.testing.assert_allclose(vit["cka_vit"], 1.0)
+    np.testing.assert_allclose(swin["cka_swin"], 1.0)
+    np.testing.assert_allclose(vit["cka_swin"].to_numpy(), swin["cka_vit"].to_numpy())
+    assert (vit["cka_swin"] < 0.99).all() and (vit["cka_swin"] > 0.0).all()
+    assert vit["cka_swin"].iloc[-1] == pytest.approx(compare.linear_cka(
+        tiny_run.load_snapshot(steps[-1])[0].astype(np.float32),
+        RunDir(vit_and_swin[1]).load_snapshot(steps[-1])[0].astype(np.float32)), abs=1e-9)
+    # Different models give different metrics; both learn the classes.
+    assert not np.allclose(vit["knn_accuracy"], swin["knn_accuracy"])
+    assert not np.allclose(vit["silhouette"], swin["silhouette"])
+    assert swin["knn_accuracy"].iloc[-1] > swin["knn_accuracy"].iloc[0]
+    # No diffusion run: nothing to judge.
+    assert table["sample_accuracy"].isna().all() and (table["sample_classifier"] == "").all()
     # The CSV holds the same table.
     csv = pd.read_csv(page.parent / "compare.csv")
     np.testing.assert_allclose(csv["knn_accuracy"], table["knn_accuracy"])
+    np.testing.assert_allclose(csv["cka_swin"], table["cka_swin"])
 
 
 def test_metrics_match_direct_computations(compared, tiny_run):
@@ -128,7 +212,7 @@ def test_metrics_match_direct_computations(compared, tiny_run):
     samples = tiny_run.samples()
     true, noisy = samples["true_label"].to_numpy(), samples["is_noisy"].to_numpy()
     scores = tiny_run.scores()
-    rows = table[table["run"] == "vit-a"]
+    rows = table[table["run"] == "vit"]
     for step in (tiny_run.snapshot_steps()[0], tiny_run.snapshot_steps()[-1]):
         row = rows[rows["step"] == step].iloc[0]
         embedding = tiny_run.load_snapshot(step)[0].astype(np.float32)
@@ -143,15 +227,31 @@ def test_metrics_match_direct_computations(compared, tiny_run):
     assert rows["knn_accuracy"].iloc[-1] > 0.8
 
 
-def test_the_page_is_self_contained_and_animates_every_frame(compared, tiny_run):
-    page, _ = compared
+def test_the_page_is_self_contained_and_animates_every_frame(compared, vit_and_swin, tiny_run):
+    page, table = compared
     html = page.read_text()
     assert page.stat().st_size > 3_000_000  # plotly.js is inside
     script_tags = re.findall(r"<script[^>]*>", html)
     assert script_tags and all("src=" not in tag for tag in script_tags)  # nothing loaded from the web
-    frames = len(tiny_run.snapshot_steps())
-    assert html.count('"name":"') >= frames
-    assert "vit-a" in html and "vit-b" in html and "label-issue AUROC" in html
+    figure = page_figure(page)
+    steps = tiny_run.snapshot_steps()
+    frames = figure["frames"]
+    assert [frame["name"] for frame in frames] == [str(g) for g in range(len(steps))]
+    assert len(figure["layout"]["sliders"][0]["steps"]) == len(steps)
+    # Every frame shows each run's own frame of that step (centred, unit RMS radius: what
+    # display_frames promises) for every sample, and the table of that step.
+    shown = [compare.display_frames([RunDir(path).frames().astype(np.float64)])[0] for path in vit_and_swin]
+    for g, frame in enumerate(frames):
+        for panel in (0, 1):
+            np.testing.assert_allclose(panel_points(figure, frame, panel), shown[panel][g], rtol=1e-6, atol=1e-9)
+        (cells,) = [trace["cells"]["values"] for trace in frame["data"] if "cells" in trace]
+        assert cells[0] == ["vit", "swin"] and cells[2] == [str(steps[g])] * 2
+        assert cells[4] == [f"{v:.3f}" for v in table[table["frame"] == g]["knn_accuracy"]]
+    # ... so the points really move between the first and the last frame.
+    first, last = panel_points(figure, frames[0], 0), panel_points(figure, frames[-1], 0)
+    assert np.abs(first - last).mean() > 0.1
+    assert "vit" in html and "swin" in html and "label-issue AUROC" in html
+    assert "sample acc." not in html  # no diffusion run
 
 
 def test_align_to_moves_every_run_onto_the_reference(twin_runs, tiny_run):
@@ -176,17 +276,133 @@ def test_display_frames_are_centred_with_unit_rms_radius():
     assert compare.linear_cka(shown[1], frames[1]) == pytest.approx(1.0)
 
 
-def test_cli_compare_with_align_to(twin_runs, tmp_path, capsys):
+def test_cli_compare_with_align_to(vit_and_swin, compared, tmp_path, capsys):
+    from ftviz.align import align
+
     out = tmp_path / "cli-out"
-    code = ftviz_main(["compare", str(twin_runs[0]), str(twin_runs[1]), "--out", str(out), "--align-to", "vit-b"])
+    vit, swin = vit_and_swin
+    code = ftviz_main(["compare", str(vit), str(swin), "--out", str(out), "--align-to", "vit"])
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"compare.html", "compare.parquet", "compare.csv"}
     assert "compare.html" in capsys.readouterr().out
+    own, aligned = page_figure(compared[0]), page_figure(out / "compare.html")
+    assert "panels aligned onto <b>vit</b>" in aligned["layout"]["title"]["text"]
+    reference, moved = RunDir(vit).frames(), RunDir(swin).frames()
+    for g in (0, len(reference) - 1):
+        # The reference keeps its frames; the Swin panel is its own frame moved onto the ViT's
+        # (Procrustes), shown centred at unit RMS radius.
+        np.testing.assert_allclose(panel_points(aligned, aligned["frames"][g], 0),
+                                   panel_points(own, own["frames"][g], 0), rtol=1e-6, atol=1e-9)
+        expected = align(moved[g].astype(np.float64), reference[g].astype(np.float64))
+        expected -= expected.mean(axis=0)
+        expected /= np.sqrt((expected**2).sum(axis=1).mean())
+        swin_aligned = panel_points(aligned, aligned["frames"][g], 1)
+        np.testing.assert_allclose(swin_aligned, expected, rtol=1e-5, atol=1e-7)
+        swin_own = panel_points(own, own["frames"][g], 1)
+        assert not np.allclose(swin_aligned, swin_own, atol=1e-3)  # --align-to changed the frames
+        # ... towards the reference.
+        vit_shown = panel_points(own, own["frames"][g], 0)
+        assert ((swin_aligned - vit_shown) ** 2).sum() < ((swin_own - vit_shown) ** 2).sum()
 
 
 def test_default_output_folder_is_beside_the_first_run(twin_runs):
     page = compare.compare_runs(twin_runs[:1], log=lambda *_: None)
     assert page == twin_runs[0].parent / "compare" / "compare.html"
+
+
+# ---- sample accuracy of diffusion runs -----------------------------------------------------
+def _posing_as_diffusion(tiny_run, runs: Path, per_frame_right) -> dict[int, float]:
+    """Copy the tiny run to runs/gen and give it generated samples whose answer is known.
+
+    The samples are probe images on which the tiny run's final model is clearly decided (its
+    last snapshot's logits come from the final weights); at frame i, the first
+    ``per_frame_right[i]`` of 20 are labelled with the model's class, the rest with another.
+    Returns {step: the expected sample accuracy}.
+    """
+    shutil.copytree(tiny_run.path, runs / "gen")  # weights/final.pt included: still not a classifier
+    steps = tiny_run.snapshot_steps()
+    logits = tiny_run.load_snapshot(steps[-1])[1].astype(np.float32)
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    clear = np.argsort(top_two[:, 0] - top_two[:, 1])[:20]  # the 20 widest margins
+    assert (top_two[clear, 1] - top_two[clear, 0]).min() > 0.1  # far above fp16/bf16 rounding
+    predicted = logits[clear].argmax(axis=1)
+    images = tiny_run.probe_images()[clear]
+    expected = {}
+    for step, right in zip(steps, per_frame_right):
+        labels = np.where(np.arange(20) < right, predicted, (predicted + 1) % logits.shape[1])
+        (runs / "gen" / "generated").mkdir(exist_ok=True)
+        np.savez(runs / "gen" / "generated" / f"step-{step:07d}.npz", images=images, labels=labels)
+        expected[step] = right / 20
+    return expected
+
+
+def test_sample_accuracy_is_the_share_the_classifier_puts_in_the_conditioning_class(tiny_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.path, runs / "vit")
+    steps = tiny_run.snapshot_steps()
+    right = [round(20 * i / (len(steps) - 1)) for i in range(len(steps))]  # 0 of 20 ... 20 of 20
+    expected = _posing_as_diffusion(tiny_run, runs, right)
+    logs = []
+    # The diffusion run first: the default classifier is the first run *without* samples.
+    page = compare.compare_runs([runs / "gen", runs / "vit"], out=tmp_path / "out", log=logs.append)
+    table = pd.read_parquet(tmp_path / "out" / "compare.parquet")
+    gen, vit = table[table["run"] == "gen"], table[table["run"] == "vit"]
+    np.testing.assert_allclose(gen["sample_accuracy"], [expected[step] for step in gen["step"]], atol=1e-12)
+    assert gen["sample_accuracy"].iloc[0] == 0.0 and gen["sample_accuracy"].iloc[-1] == 1.0
+    assert (gen["sample_classifier"] == "vit").all()
+    assert vit["sample_accuracy"].isna().all() and (vit["sample_classifier"] == "").all()
+    assert f"sample accuracy of gen at step {steps[-1]}: 1.000" in "\n".join(logs)
+    # On the page: a table column and a chart, with the judge named.
+    figure = page_figure(page)
+    (cells,) = [trace["cells"]["values"] for trace in figure["frames"][-1]["data"] if "cells" in trace]
+    (header,) = [trace["header"]["values"] for trace in figure["data"] if trace["type"] == "table"]
+    column = header.index("<b>sample acc.</b>")
+    assert cells[column] == ["1.000", "–"]
+    assert "sample accuracy (generated, judged by vit)" in page.read_text()
+    csv = pd.read_csv(tmp_path / "out" / "compare.csv")
+    np.testing.assert_allclose(csv["sample_accuracy"], table["sample_accuracy"])
+
+
+def test_the_sample_classifier_can_be_chosen_and_must_classify(tiny_run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.path, runs / "vit")
+    _posing_as_diffusion(tiny_run, runs, [20] * len(tiny_run.snapshot_steps()))
+    paths = [runs / "gen", runs / "vit"]
+    with pytest.raises(FtvizError, match="--classifier gen is a diffusion run"):
+        compare.compare_runs(paths, out=tmp_path / "out", classifier="gen", log=lambda *_: None)
+    with pytest.raises(FtvizError, match="--classifier 'swin' is not one of the compared runs"):
+        compare.compare_runs(paths, out=tmp_path / "out", classifier="swin", log=lambda *_: None)
+    assert ftviz_main(["compare", *map(str, paths), "--out", str(tmp_path / "o"), "--classifier", str(paths[1])]) == 0
+    assert "sample accuracy of gen" in capsys.readouterr().out
+    # Without final weights there is no classifier: the column stays empty, and the log says why.
+    (runs / "vit" / "weights" / "final.pt").unlink()
+    with pytest.raises(FtvizError, match="has no weights/final.pt"):
+        compare.compare_runs(paths, out=tmp_path / "out", classifier="vit", log=lambda *_: None)
+    logs = []
+    compare.compare_runs(paths, out=tmp_path / "out", log=logs.append)
+    assert pd.read_parquet(tmp_path / "out" / "compare.parquet")["sample_accuracy"].isna().all()
+    assert any("no classifier run" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_sample_accuracy_of_a_real_diffusion_run(tiny_run, tmp_path):
+    """A tiny DDPM trained end to end on the tiny run's data, judged by the tiny ViT."""
+    from ftviz.pipeline import run_experiment
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.path, runs / "vit")
+    config = tiny_config(runs, name="ddpm", model={"name": "ddpm_tiny", "options": {
+        "block_out_channels": [16, 32], "guidance_scale": 2.0, "samples_per_class": 1, "sample_steps": 4}})
+    run_experiment(config, progress=False, log=lambda *_: None)
+    compare.compare_runs([runs / "vit", runs / "ddpm"], out=tmp_path / "out", log=lambda *_: None)
+    table = pd.read_parquet(tmp_path / "out" / "compare.parquet")
+    ddpm = table[table["run"] == "ddpm"]
+    assert len(ddpm) == len(tiny_run.snapshot_steps())
+    accuracy = ddpm["sample_accuracy"].to_numpy()
+    assert np.isfinite(accuracy).all() and ((accuracy >= 0) & (accuracy <= 1)).all()
+    # Ten samples (one per class) per snapshot: accuracy in steps of 0.1.
+    np.testing.assert_allclose(accuracy * 10, np.round(accuracy * 10), atol=1e-9)
+    assert (ddpm["sample_classifier"] == "vit").all()
 
 
 # ---- bad input ---------------------------------------------------------------------------

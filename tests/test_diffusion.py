@@ -104,6 +104,8 @@ def test_a_run_without_probe_head_stops_with_a_clear_error(tmp_path):
     ({"embed_timestep": 1000}, "embed_timestep"),
     ({"uncond_prob": 1.0}, "uncond_prob"),
     ({"sample_size": 17}, "divisible by 2"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
+    ({"sample_steps": 3}, "sample_steps must divide"),
     ({"not_a_unet_option": 3}, "bad diffusion option"),
 ])
 def test_bad_options_are_clear_errors(options, message):
@@ -132,6 +134,47 @@ def test_sampling_is_deterministic_and_the_grid_has_one_column_per_class(tmp_pat
     tile, gap = 32, 2  # 16 px tiles are enlarged twice
     assert grid.shape == (3 * (tile + gap) + gap, 4 * (tile + gap) + gap, 3)
     assert not list(tmp_path.glob("generated/.*.tmp"))
+    # The samples themselves, for `ftviz compare`: uint8 at the UNet's resolution, row-major
+    # (sample i is of class i % 4), the same pixels as the grid's tiles.
+    with np.load(tmp_path / "generated" / "step-0000012.npz") as saved:
+        images, labels = saved["images"], saved["labels"]
+        assert float(saved["guidance_scale"]) == 1.0 and int(saved["sample_steps"]) == 4
+    assert images.shape == (12, 16, 16, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.tile(np.arange(4), 3))
+    expected = ((model.sample(torch.from_numpy(labels)) + 1.0) * 127.5).round().to(torch.uint8)
+    np.testing.assert_array_equal(images, expected.permute(0, 2, 3, 1).numpy())
+    row, column = 2, 3  # sample 11: the bottom-right tile, enlarged twice
+    top, left = gap + row * (tile + gap), gap + column * (tile + gap)
+    np.testing.assert_array_equal(grid[top : top + tile : 2, left : left + tile : 2], images[11])
+
+
+def test_classifier_free_guidance_mixes_the_conditional_and_unconditional_predictions():
+    """Scale 1 is the conditional model, 0 the unconditional (null class) one, and any scale
+    steps along uncond + scale * (cond - uncond), from the last training timestep down."""
+    model = _model(sample_steps=4)
+    labels = torch.tensor([0, 1, 2, 3])
+    null = torch.full_like(labels, model.num_classes)
+    torch.testing.assert_close(model.sample(labels, guidance_scale=1.0), model.sample(labels))
+    torch.testing.assert_close(model.sample(labels, guidance_scale=0.0), model.sample(null, guidance_scale=1.0),
+                               atol=1e-5, rtol=1e-5)
+    guided = model.sample(labels, guidance_scale=3.0)
+    assert not torch.allclose(guided, model.sample(labels), atol=1e-3)
+
+    # The same loop written out with the guidance formula, recording the timesteps.
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.noise_scheduler.config, timestep_spacing="trailing")
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 749, 499, 249]  # starts where x_T is pure noise
+    images = torch.randn((4, 3, 16, 16), generator=torch.Generator().manual_seed(model.sample_seed))
+    model.eval()
+    with torch.no_grad():
+        for timestep in scheduler.timesteps:
+            conditional = model.unet(images, timestep, class_labels=labels).sample
+            unconditional = model.unet(images, timestep, class_labels=null).sample
+            noise = unconditional + 3.0 * (conditional - unconditional)
+            images = scheduler.step(noise, timestep, images, eta=0.0).prev_sample
+    torch.testing.assert_close(guided, images.clamp(-1, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_save_and_load_gives_the_same_embeddings_and_logits(tmp_path):
@@ -162,6 +205,8 @@ def test_diffusion_run_end_to_end(tmp_path):
     assert steps == [0, 2, 4, 6, 8, 10, 12]
     generated = sorted(p.name for p in (run.path / "generated").glob("*.png"))
     assert generated == [f"step-{s:07d}.png" for s in steps]
+    samples = sorted(p.name for p in (run.path / "generated").glob("*.npz"))
+    assert samples == [f"step-{s:07d}.npz" for s in steps]
     embedding, logits = run.load_snapshot(steps[-1])
     assert embedding.shape == (200, 32) and logits.shape == (200, 10)
     assert manifest["model"]["embedding_dim"] == 32

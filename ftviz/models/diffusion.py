@@ -39,9 +39,12 @@ loss
     cross-entropy adds gradient but no value (``(ce - ce.detach()) / probe_gain``). The eval
     loss logged at snapshots is the probe's cross-entropy.
 generated samples
-    :meth:`~ClassConditionalDDPM.on_snapshot` writes a grid of DDIM samples
-    (``samples_per_class`` rows, one column per class for the first ten classes, fixed
-    seed) to ``generated/step-XXXXXXX.png`` in the run.
+    :meth:`~ClassConditionalDDPM.on_snapshot` draws DDIM samples (``samples_per_class`` of
+    each of the first ten classes, fixed seed, ``sample_steps`` steps, classifier-free
+    guidance of scale ``guidance_scale``) and writes them to ``generated/step-XXXXXXX.npz``
+    (uint8 images at the UNet's resolution and their conditioning classes; ``ftviz compare``
+    reports the fraction a classifier run assigns to their class as "sample accuracy") and
+    as a grid (one row per draw, one column per class) to ``generated/step-XXXXXXX.png``.
 
 Variants: ``ddpm_tiny`` (three levels of widths 32/64/64, D = 64, for 16-32 px images on a
 CPU; ``sample_size`` sets the UNet's resolution, inputs are resized to it on device).
@@ -116,7 +119,8 @@ class ClassConditionalDDPM(ProbeModel):
         snapshots.
     embed_timestep : timestep given with the clean image for the embedding.
     uncond_prob : probability that a training label is replaced by the null class.
-    sample_steps, samples_per_class, sample_seed : the generated-sample grid.
+    sample_steps, samples_per_class, sample_seed : the generated samples of each snapshot.
+    guidance_scale : classifier-free guidance at sampling time (1 = none; see :meth:`sample`).
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class ClassConditionalDDPM(ProbeModel):
         sample_steps: int = 10,
         samples_per_class: int = 2,
         sample_seed: int = 0,
+        guidance_scale: float = 1.0,
     ):
         # Pixels go to [-1, 1], the range the DDPM scheduler clips its predictions to.
         super().__init__(image_size=unet.config.sample_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -150,6 +155,13 @@ class ClassConditionalDDPM(ProbeModel):
             raise FtvizError("model.options.probe_gain must be > 0 and probe_reference >= 2")
         if sample_steps < 1 or samples_per_class < 1:
             raise FtvizError("model.options.sample_steps and samples_per_class must be >= 1")
+        if num_train_timesteps % sample_steps:
+            # DDIMScheduler.step finds the previous timestep as t - T // steps, which is off
+            # the "trailing" grid unless steps divides T (diffusers issue 12633).
+            raise FtvizError(f"model.options.sample_steps must divide the {num_train_timesteps} training "
+                             f"timesteps (e.g. 10, 20, 25, 50), got {sample_steps}")
+        if guidance_scale < 0:
+            raise FtvizError(f"model.options.guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}")
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.num_classes = num_classes
@@ -165,6 +177,7 @@ class ClassConditionalDDPM(ProbeModel):
         self.sample_steps = int(sample_steps)
         self.samples_per_class = int(samples_per_class)
         self.sample_seed = int(sample_seed)
+        self.guidance_scale = float(guidance_scale)
 
     # ---- embedding -----------------------------------------------------------------------
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -260,44 +273,75 @@ class ClassConditionalDDPM(ProbeModel):
 
     # ---- sampling ------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, class_labels: torch.Tensor, *, steps: int | None = None, seed: int | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        class_labels: torch.Tensor,
+        *,
+        steps: int | None = None,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
         """DDIM samples (eta = 0, deterministic given ``seed``) for ``class_labels`` (B,).
+
+        With classifier-free guidance (Ho & Salimans, 2022): each step predicts the noise with
+        the label and with the null class and steps along
+        ``uncond + guidance_scale * (cond - uncond)``; 1 is the plain conditional model.
 
         Returns images (B, 3, S, S) in [-1, 1] on the model's device.
         """
         from diffusers import DDIMScheduler
 
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         device = next(self.unet.parameters()).device
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        # "trailing" spacing starts at the last training timestep, where x_T really is pure
+        # noise; the default "leading" spacing starts 1000/steps earlier, at an x_t that still
+        # holds some signal the noise we draw lacks (Lin et al., 2024, "Common diffusion noise
+        # schedules and sample steps are flawed").
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, timestep_spacing="trailing")
         scheduler.set_timesteps(steps or self.sample_steps, device=device)
         generator = torch.Generator().manual_seed(self.sample_seed if seed is None else seed)
         size = self.unet.config.sample_size
         # Noise drawn on the CPU: the same seed gives the same samples on every device.
         images = torch.randn((len(class_labels), 3, size, size), generator=generator).to(device)
         class_labels = class_labels.to(device)
+        null = torch.full_like(class_labels, self.null_class)
         was_training = self.training
         self.eval()
         try:
             for timestep in scheduler.timesteps:
-                predicted_noise = self.unet(images, timestep, class_labels=class_labels).sample
+                if scale == 1.0:
+                    predicted_noise = self.unet(images, timestep, class_labels=class_labels).sample
+                else:  # one batch for both predictions
+                    both = self.unet(torch.cat([images, images]), timestep,
+                                     class_labels=torch.cat([class_labels, null])).sample
+                    conditional, unconditional = both.chunk(2)
+                    predicted_noise = unconditional + scale * (conditional - unconditional)
                 images = scheduler.step(predicted_noise, timestep, images, eta=0.0).prev_sample
         finally:
             self.train(was_training)
         return images.clamp(-1.0, 1.0)
 
-    def sample_grid(self) -> np.ndarray:
-        """A uint8 (H, W, 3) grid: ``samples_per_class`` rows, one column per class (first ten)."""
+    def generate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot's samples: uint8 images (B, S, S, 3) at the UNet's resolution and the
+        classes they were conditioned on (B,), ``samples_per_class`` of each of the first ten
+        classes, row-major (sample i has class i % 10), guided and seeded as configured."""
         columns = min(self.num_classes, GRID_MAX_CLASSES)
         labels = torch.arange(columns).repeat(self.samples_per_class)  # row-major: row r, class c
         images = self.sample(labels)
         tiles = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        tiles = tiles.permute(0, 2, 3, 1).numpy()  # (B, S, S, 3)
+        return tiles.permute(0, 2, 3, 1).numpy(), labels.numpy()
+
+    def sample_grid(self, tiles: np.ndarray | None = None) -> np.ndarray:
+        """A uint8 (H, W, 3) grid of :meth:`generate`'s tiles: ``samples_per_class`` rows, one
+        column per class (first ten)."""
+        columns = min(self.num_classes, GRID_MAX_CLASSES)
+        if tiles is None:
+            tiles, _ = self.generate()
         factor = max(1, -(-MIN_TILE_PX // tiles.shape[1]))
         tiles = tiles.repeat(factor, axis=1).repeat(factor, axis=2)
         side, gap = tiles.shape[1], 2
-        grid = np.full(
-            (self.samples_per_class * (side + gap) + gap, columns * (side + gap) + gap, 3), 255, dtype=np.uint8
-        )
+        rows = -(-len(tiles) // columns)
+        grid = np.full((rows * (side + gap) + gap, columns * (side + gap) + gap, 3), 255, dtype=np.uint8)
         for index, tile in enumerate(tiles):
             row, column = divmod(index, columns)
             top, left = gap + row * (side + gap), gap + column * (side + gap)
@@ -305,15 +349,23 @@ class ClassConditionalDDPM(ProbeModel):
         return grid
 
     def on_snapshot(self, run, step: int) -> Path:
-        """Write the generated-sample grid to ``run/generated/step-XXXXXXX.png`` atomically."""
+        """Write the snapshot's samples to ``run/generated/step-XXXXXXX.npz`` (``images`` uint8
+        (B, S, S, 3), ``labels`` (B,) the conditioning classes, ``guidance_scale``,
+        ``sample_steps``: what ``ftviz compare`` classifies) and their grid to ``.png``, atomically.
+        Returns the PNG's path."""
         from PIL import Image
 
         from ftviz.rundir import atomic_path
 
-        path = Path(run.path) / "generated" / f"step-{step:07d}.png"
-        grid = self.sample_grid()
+        folder = Path(run.path) / "generated"
+        images, labels = self.generate()
+        with atomic_path(folder / f"step-{step:07d}.npz") as tmp:
+            with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
+                np.savez(handle, images=images, labels=labels.astype(np.int64),
+                         guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
+        path = folder / f"step-{step:07d}.png"
         with atomic_path(path) as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
+            Image.fromarray(self.sample_grid(images)).save(tmp, format="PNG")
         return path
 
     # ---- saving --------------------------------------------------------------------------
