@@ -163,14 +163,13 @@ def suspicion_columns(run: RunDir, count: int) -> dict:
 
 
 def _scores_at(run: RunDir, scores, step: int, count: int):
-    """Rows of scores.parquet at ``step``, one per sample, in id order."""
-    rows = scores[scores["step"] == step].sort_values("id").reset_index(drop=True)
-    if not np.array_equal(rows["id"].to_numpy(), np.arange(count)):
-        raise FtvizError(
-            f"{run.path}: scores.parquet has {len(rows)} rows at step {step}, expected ids "
-            f"0..{count - 1}; rerun `ftviz score {run.path}`"
-        )
-    return rows
+    """scores.parquet at ``step``, one row per sample in id order (the shared per-frame reader)."""
+    import pandas as pd
+
+    from ftviz.render.data import scores_per_frame
+
+    per_frame = scores_per_frame(run, steps=[step], n_points=count, scores=scores, complete=True)
+    return pd.DataFrame({name: values[0] for name, values in per_frame.items() if name != "present"})
 
 
 def first_issue_steps(scores, count: int):
