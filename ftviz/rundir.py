@@ -98,9 +98,10 @@ STAGES: tuple[Stage, ...] = (
                      "detectors.parquet?", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/?"),
           ("animation.html",), "render", "ftviz render {run}", "ftviz.render:render_run",
           "the animated HTML (or a GIF/MP4/PNG for slides and papers)",
-          options=((("--format",), {"dest": "output_format", "choices": ("html", "gif", "mp4"), "default": "html",
-                                    "help": "html (default), or a video for slides"}),
-                   (("--out",), {"help": "output file (default: inside the run)"}))),
+          options=((("--format",), {"dest": "output_format", "choices": ("html", "gif", "mp4", "png"),
+                                    "default": "html", "help": "html (default), a video for slides, or a PNG panel"}),
+                   (("--out",), {"help": "output file (default: inside the run)"}),
+                   (("--steps",), {"help": "PNG panel: the training steps to show, e.g. 0,100,last (default: first,last)"}))),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
