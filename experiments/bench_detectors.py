@@ -40,6 +40,7 @@ WORKLOADS = {
 LABELS = {
     "label_quality_last": "Cleanlab, last frame (peer)",
     "label_quality_ensemble": "Cleanlab, snapshot-ensembled",
+    "label_quality_knn": "Cleanlab, last frame, softmax + kNN labels",
     "aum": "area under the margin (< 0)",
     "confidence": "data-map confidence (< 0.5)",
     "variability": "data-map variability",
@@ -103,21 +104,22 @@ def clean_table(run) -> str:
     return "\n".join(lines)
 
 
-def time_detectors(*, logits, labels, quality, flags, outlier, repeat: int = 3) -> float:
+def time_detectors(*, logits, labels, quality, flags, outlier, embedding, repeat: int = 3) -> float:
     from ftviz.detectors import detect
 
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         detect(logits=logits, labels=labels, steps=np.arange(len(logits)), frame_quality=quality,
-               frame_flags=flags, outlier_score=outlier)
+               frame_flags=flags, outlier_score=outlier, embedding=embedding)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def synthetic_history(frames: int, samples: int, classes: int = 10, seed: int = 0):
     """A learning curve: logits drift from noise towards the true class; 10% of labels flipped,
-    memorised in the last third; Cleanlab-style frame flags where another class leads by 2."""
+    memorised in the last third; Cleanlab-style frame flags where another class leads by 2; a
+    128-d last embedding clustered by true class."""
     rng = np.random.default_rng(seed)
     true = rng.integers(0, classes, samples)
     given = true.copy()
@@ -134,7 +136,9 @@ def synthetic_history(frames: int, samples: int, classes: int = 10, seed: int = 
     others = logits.copy()
     others[:, np.arange(samples), given] = -np.inf
     flags = others.max(2) - logits[:, np.arange(samples), given] > 2
-    return logits, given, quality, flags, rng.uniform(size=samples)
+    centres = rng.normal(size=(classes, 128))
+    embedding = (centres[true] + rng.normal(size=(samples, 128))).astype(np.float32)
+    return logits, given, quality, flags, rng.uniform(size=samples), embedding
 
 
 def main() -> None:
@@ -176,11 +180,13 @@ def main() -> None:
         logits = load_logits(default_run, steps)
         samples = default_run.samples()
         quality, flags, outlier = frame_scores(default_run, default_run.scores(), steps, len(samples))
+        embedding = default_run.load_snapshot(steps[-1])[0].astype(np.float32)
         seconds = time_detectors(logits=logits, labels=samples["given_label"].to_numpy(), quality=quality,
-                                 flags=flags, outlier=outlier)
+                                 flags=flags, outlier=outlier, embedding=embedding)
         print(f"| default run, {len(steps)} x {len(samples):,} x {logits.shape[2]} | {seconds:.2f} |")
-    logits, given, quality, flags, outlier = synthetic_history(80, 10_000)
-    seconds = time_detectors(logits=logits, labels=given, quality=quality, flags=flags, outlier=outlier)
+    logits, given, quality, flags, outlier, embedding = synthetic_history(80, 10_000)
+    seconds = time_detectors(logits=logits, labels=given, quality=quality, flags=flags, outlier=outlier,
+                             embedding=embedding)
     print(f"| synthetic, 80 x 10,000 x 10 | {seconds:.2f} |")
 
 

@@ -66,6 +66,7 @@ class DetectConfig:
     rule: str = "auto"  # auto (history if the probe is trained on, else last) | history | last
     learnt_fraction: float = 0.8  # history from the first snapshot at this share of the best probe accuracy
     min_flagged: float = 0.2  # memorised issue: Cleanlab flagged it at this share of the learnt snapshots
+    knn: int = 10  # neighbours of the kNN label shares mixed into the last frame's probabilities
 
 
 @dataclass
@@ -230,6 +231,7 @@ def validate(config: ExperimentConfig) -> None:
         (config.detect.rule in ("auto", "history", "last"), "detect.rule: auto, history or last"),
         (0.0 < config.detect.learnt_fraction <= 1.0, "detect.learnt_fraction must be in (0, 1]"),
         (0.0 <= config.detect.min_flagged <= 1.0, "detect.min_flagged must be in [0, 1]"),
+        (config.detect.knn >= 1, "detect.knn must be >= 1"),
         (config.score.method in ("auto", "knn", "cleanlab"), "score.method: auto, knn or cleanlab"),
         (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
     ]

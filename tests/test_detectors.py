@@ -97,36 +97,119 @@ def test_rank_descending_puts_the_largest_first():
 
 
 # ---- the recommended flag rule ------------------------------------------------------------------
-def test_history_rule_finds_a_memorised_label_and_spares_a_hard_correct_one():
-    """Three samples over 10 snapshots after the network has learnt the data:
-    0: a wrong label, confidently another class for 6 snapshots, then memorised (margin > 0);
+def memorised_history():
+    """Four samples over 10 snapshots after the network has learnt the data:
+    0 and 3: wrong labels, confidently another class for 6 snapshots, then memorised (margin > 0);
     1: a hard correct label, slightly negative margin for 6 snapshots, never flagged by Cleanlab;
-    2: a wrong label the network never fits: flagged at the last snapshot."""
+    2: a wrong label the network never fits: flagged at every snapshot."""
     margins = np.array([
         [-4, -4, -4, -4, -4, -4, 2, 3, 3, 3],
         [-0.5, -0.5, -0.5, -0.5, -0.5, -0.5, 1, 1, 1, 1],
         [-3] * 10,
+        [-4, -4, -4, -4, -4, -4, 2, 3, 3, 3],
     ], dtype=float).T
     frame_flags = np.array([
         [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
         [0] * 10,
         [1] * 10,
+        [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
     ], dtype=bool).T
-    flags = detectors.history_flags(margins=margins, frame_flags=frame_flags, start=0, min_flagged=0.2)
-    np.testing.assert_array_equal(flags, [True, False, True])
+    return margins, frame_flags
+
+
+def test_contradicted_labels_find_a_memorised_label_and_spare_a_hard_correct_one():
+    margins, frame_flags = memorised_history()
+    contradicted = detectors.contradicted_labels(margins=margins, frame_flags=frame_flags, start=0, min_flagged=0.2)
+    np.testing.assert_array_equal(contradicted, [True, False, True, True])
     # The learnt start matters: counted from snapshot 6, sample 0's mean margin is positive.
-    assert not detectors.history_flags(margins=margins, frame_flags=frame_flags, start=6)[0]
-    # Its issue step: with the prefix rule, sample 0 is flagged from the first snapshot on.
+    assert not detectors.contradicted_labels(margins=margins, frame_flags=frame_flags, start=6)[0]
+    # min_flagged: sample 0 was flagged at 6 of 10 snapshots.
+    assert not detectors.contradicted_labels(margins=margins, frame_flags=frame_flags, start=0, min_flagged=0.7)[0]
+
+
+def test_knn_label_shares_are_the_neighbours_labels():
+    embedding = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0], [0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1, 1])
+    shares = detectors.knn_label_shares(embedding=embedding, labels=labels, num_classes=2, k=2, block=2)
+    # Cosine neighbours: 0 -> {1, 2}, 1 -> {0, 2}, 2 -> {1, 0}, 3 -> {4, 2}, 4 -> {3, 2}.
+    np.testing.assert_allclose(shares, [[0.5, 0.5], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    logits = np.log(np.array([[0.8, 0.2]] * 5))
+    mixed = detectors.knn_mixed_probabilities(logits=logits, embedding=embedding, labels=labels, k=2)
+    np.testing.assert_allclose(mixed, 0.5 * np.array([[0.8, 0.2]] * 5) + 0.5 * shares)
+    np.testing.assert_allclose(detectors.knn_mixed_probabilities(logits=logits, embedding=None, labels=labels),
+                               [[0.8, 0.2]] * 5)
+
+
+def test_estimated_issue_count_is_cleanlabs_calibrated_count():
+    from cleanlab.count import num_label_issues
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 40)
+    probs = rng.dirichlet(np.ones(3), 120) * 0.3 + 0.7 * np.eye(3)[labels]
+    probs[:9] = 0.9 * np.eye(3)[(labels[:9] + 1) % 3] + 0.05  # nine confidently another class
+    expected = num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated")
+    assert detectors.estimated_issue_count(probs=probs, labels=labels) == expected
+    assert 7 <= expected <= 11
+    np.testing.assert_array_equal(detectors.top_count(np.array([0.1, 0.9, 0.5, 0.9]), 2), [False, True, False, True])
+    assert not detectors.top_count(np.array([0.3, 0.2]), 0).any()
+
+
+def test_recommend_trusts_the_last_frame_unless_it_has_memorised():
+    """90 clean samples (margin 3 throughout) and ten wrong labels: Cleanlab's count decides
+    how many are flagged, in the order of the rank-averaged last frame and history."""
+    T, N, C = 10, 100, 2
+    labels = np.arange(N) % C
+    margins = np.full((T, N), 3.0)
+    frame_flags = np.zeros((T, N), dtype=bool)
+    wrong = np.arange(10)
+    margins[:, wrong] = -4.0  # the network never fits them
+    frame_flags[:, wrong] = True
+    probs = np.full((N, C), 0.05)
+    probs[np.arange(N), labels] = 0.95
+    probs[wrong] = 0.95 - probs[wrong]  # confidently the other class
+    suspicion, flags, memorised = detectors.recommend(margins=margins, frame_flags=frame_flags, probs=probs,
+                                                      labels=labels, start=0)
+    count = detectors.estimated_issue_count(probs=probs, labels=labels)
+    assert not memorised and count == 10
+    np.testing.assert_array_equal(np.flatnonzero(flags), wrong)
+    assert suspicion[wrong].min() > suspicion[10:].max()
+    # Now the last frame fits all ten (memorised: Cleanlab on it sees nothing), but the history
+    # contradicted them for 6 of 10 snapshots: the history sets the count.
+    margins[6:, wrong] = 2.0
+    frame_flags[6:, wrong] = False
+    probs[wrong] = 0.95 - probs[wrong]
+    suspicion, flags, memorised = detectors.recommend(margins=margins, frame_flags=frame_flags, probs=probs,
+                                                      labels=labels, start=0)
+    assert detectors.estimated_issue_count(probs=probs, labels=labels) == 0 and memorised
+    np.testing.assert_array_equal(np.flatnonzero(flags), wrong)
+    np.testing.assert_allclose(suspicion[wrong], 1 / (1 + np.exp((-4.0 * 6 + 2.0 * 4) / 10)))  # sigmoid(-AUM)
+
+
+def test_issue_step_of_the_recommendation_is_where_the_prefix_rule_starts_to_flag():
+    margins, frame_flags = memorised_history()
     steps = np.arange(10) * 5
-    accuracy = np.full(10, 0.9)
-    issue = detectors.issue_steps_of_history_rule(
-        margins=margins, frame_flags=frame_flags, accuracy=accuracy, steps=steps, fraction=0.8, min_flagged=0.2)
-    np.testing.assert_array_equal(issue, [0, -1, 0])
+    final = np.array([True, False, True, True])
+    quality = np.where(margins > 0, 0.9, 0.1)
+    issue = detectors.issue_steps_of_recommendation(
+        margins=margins, frame_flags=frame_flags, frame_quality=quality, accuracy=np.full(10, 0.9), steps=steps,
+        final=final, fraction=0.8, min_flagged=0.2)
+    # Sample 2 is flagged at every prefix; 0 and 3 at the first six by Cleanlab's count of that
+    # snapshot, and from snapshot 6 on because the last frame fits two labels the history
+    # contradicts, more than the one Cleanlab still flags: the history sets the count. 1 never.
+    np.testing.assert_array_equal(issue, [0, -1, 0, 0])
+    # With only one memorised label (sample 3 dropped) it does not outnumber Cleanlab's one flag:
+    # the last frame is trusted at snapshots 6 to 8, and sample 0 is flagged again only by the
+    # whole history's final flag.
+    issue = detectors.issue_steps_of_recommendation(
+        margins=margins[:, :3], frame_flags=frame_flags[:, :3], frame_quality=quality[:, :3],
+        accuracy=np.full(10, 0.9), steps=steps, final=final[:3], fraction=0.8, min_flagged=0.2)
+    np.testing.assert_array_equal(issue, [45, -1, 0])
     # Nothing is visible before the network has learnt the data: here from snapshot 2 (step 10).
     rising = np.array([0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
-    issue = detectors.issue_steps_of_history_rule(
-        margins=margins, frame_flags=frame_flags, accuracy=rising, steps=steps, fraction=0.8, min_flagged=0.2)
-    np.testing.assert_array_equal(issue, [10, -1, 10])
+    issue = detectors.issue_steps_of_recommendation(
+        margins=margins, frame_flags=frame_flags, frame_quality=quality, accuracy=rising, steps=steps,
+        final=final, fraction=0.8, min_flagged=0.2)
+    np.testing.assert_array_equal(issue, [10, -1, 10, 10])
 
 
 def test_learnt_from_is_the_first_snapshot_near_the_best_accuracy():
@@ -189,7 +272,7 @@ def test_detect_writes_the_documented_files(run, capsys):
     samples = run.samples()
     assert len(table) == len(samples) and table["id"].tolist() == samples["id"].tolist()
     assert list(table.columns) == [
-        "id", "label_quality_last", "label_quality_ensemble", "aum", "confidence", "variability", "correctness",
+        "id", "label_quality_last", "label_quality_ensemble", "label_quality_knn", "aum", "confidence", "variability", "correctness",
         "forgetting_events", "outlier_score", "outlier_rank", "suspicion", "suspicion_rank", "is_label_issue",
         "issue_step",
     ]
@@ -210,8 +293,8 @@ def test_detect_writes_the_documented_files(run, capsys):
                                       "f1", "n_flagged"]
     summary = measured[measured["detector"] != "cleanlab_frame"]
     assert summary["detector"].tolist() == [
-        "label_quality_last", "label_quality_ensemble", "aum", "confidence", "variability", "correctness",
-        "forgetting_events", "outlier_score", "suspicion",
+        "label_quality_last", "label_quality_ensemble", "label_quality_knn", "aum", "confidence", "variability",
+        "correctness", "forgetting_events", "outlier_score", "suspicion",
     ]
     frames = measured[measured["detector"] == "cleanlab_frame"]
     assert frames["step"].tolist() == run.snapshot_steps()
