@@ -601,7 +601,8 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                             ticktext=["0%", "25%", "50%", "75%", "100%"],
                             title_text="training progress", title_font=dict(size=11), title_standoff=4,
                             gridcolor="#eceff3", row=2, col=chart * R + 1)
-        figure.update_yaxes(gridcolor="#eceff3", row=2, col=chart * R + 1)
+        figure.update_yaxes(gridcolor="#eceff3", row=2, col=chart * R + 1,
+                            **({"range": [0, 1.02]} if charts[chart][0] == "sample_accuracy" else {}))
 
     # The current position on the metric curves: one vertical line per chart.
     chart_axes = [figure.get_subplot(2, chart * R + 1) for chart in range(len(charts))]
