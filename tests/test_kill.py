@@ -46,8 +46,10 @@ def ftviz(args: list[str], *, kill_at: str | None = None, signal_name: str = "SI
     if kill_at:
         env[KILL_AT_ENV] = kill_at
         env["FTVIZ_TEST_KILL_SIGNAL"] = signal_name
+    # A shell that starts pytest in the background makes it ignore SIGINT, and children inherit
+    # that; Python turns SIGINT into KeyboardInterrupt only when it starts with the default.
     return subprocess.run([sys.executable, "-m", "ftviz.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stopped(result, signal_name: str) -> None:
@@ -59,6 +61,11 @@ def stopped(result, signal_name: str) -> None:
         assert result.stderr.strip().splitlines()[-1] == "ftviz: interrupted; rerun the same command to resume"
 
 
+# Outputs only some runs have: generated samples (diffusion runs), the detectors' scores
+# against injected noise (runs with noise).
+CONDITIONAL_OUTPUTS = {"generated/", "detectors.parquet"}
+
+
 def check_consistent(run: RunDir) -> dict[str, str]:
     """What a stopped run must satisfy: run.json parses, no stage reads "running" (its process
     is gone), every done stage's files exist and every recorded snapshot is complete."""
@@ -68,13 +75,27 @@ def check_consistent(run: RunDir) -> dict[str, str]:
     for name, status in statuses.items():
         if status == "done":
             for output in stage_named(name).outputs:
-                if output == "generated/":
-                    continue  # only diffusion runs write it
+                if output in CONDITIONAL_OUTPUTS:
+                    continue
                 assert run.file(output.rstrip("/")).exists(), f"{name} is done but {output} is missing"
     for step in manifest.get("snapshot_steps", []):
         embedding, logits = run.load_snapshot(step)  # raises if missing or damaged
         assert embedding.shape[0] == logits.shape[0]
     return statuses
+
+
+def check_stop(run: RunDir, point: str, expected: dict) -> None:
+    """The stage statuses, recorded snapshot steps and resume-state step ``expected`` after a stop."""
+    statuses = check_consistent(run)
+    for key, value in expected.items():
+        if key == "snapshot_steps":
+            assert run.manifest()["snapshot_steps"] == value, point
+        elif key == "resume_step":
+            import torch
+
+            assert torch.load(run.weights_dir / "latest.pt", weights_only=False)["step"] == value, point
+        else:
+            assert statuses[key] == value, (point, statuses)
 
 
 def leftovers(run: RunDir) -> list[str]:
@@ -92,6 +113,9 @@ def assert_same_result(run: RunDir, reference: RunDir) -> None:
             np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_allclose(run.frames(), reference.frames(), rtol=0, atol=1e-6)
     pd.testing.assert_frame_equal(run.scores(), reference.scores())
+    for table in ("suspicion.parquet", "detectors.parquet"):
+        if reference.file(table).is_file():
+            pd.testing.assert_frame_equal(pd.read_parquet(run.file(table)), pd.read_parquet(reference.file(table)))
     timing = ["seconds"]  # wall-clock columns differ between any two runs
     pd.testing.assert_frame_equal(run.projection().drop(columns=timing, errors="ignore"),
                                   reference.projection().drop(columns=timing, errors="ignore"))
@@ -111,21 +135,22 @@ RUN_STOPS = [
     ("write:samples.parquet", "SIGKILL", {"train": "pending"}),
     # between snapshots, before the first resume state: step 4 is on disk, not yet recorded
     ("wrote:step-0000004.npz", "SIGKILL", {"train": "interrupted", "snapshot_steps": [0, 2]}),
-    # inside the write of the end-of-epoch resume state
-    ("write:latest.pt", "SIGKILL", {"train": "interrupted", "snapshot_steps": [0, 2, 4, 6]}),
-    # between snapshots of the second epoch: the rerun resumes from the step-6 state
-    ("wrote:step-0000010.npz", "SIGKILL", {"train": "interrupted", "snapshot_steps": [0, 2, 4, 6, 8]}),
-    # Ctrl-C at the same point, now reached from the step-6 resume state
-    ("wrote:step-0000010.npz", "SIGINT", {"train": "interrupted"}),
+    # between snapshots of the second epoch, after the end-of-epoch resume state (step 6)
+    ("wrote:step-0000010.npz", "SIGKILL", {"train": "interrupted", "snapshot_steps": [0, 2, 4, 6, 8],
+                                           "resume_step": 6}),
+    # Ctrl-C at the same point, reached from the step-6 state: half-way through step 10's
+    # snapshot, so the step-6 state is kept rather than one that would skip that snapshot
+    ("wrote:step-0000010.npz", "SIGINT", {"train": "interrupted", "resume_step": 6}),
     # inside the write of the final weights
     ("write:final.pt", "SIGKILL", {"train": "interrupted", "snapshot_steps": STEPS}),
-    # training done; score just started, then Ctrl-C inside its write
-    ("stage:score", "SIGKILL", {"train": "done", "score": "interrupted"}),
-    ("write:scores.parquet", "SIGINT", {"train": "done", "score": "interrupted"}),
+    # training done; inside the write of the scores
+    ("write:scores.parquet", "SIGKILL", {"train": "done", "score": "interrupted"}),
+    # suspicion.parquet landed, detectors.parquet not yet
+    ("wrote:suspicion.parquet", "SIGKILL", {"score": "done", "detect": "interrupted"}),
     # frames.npy landed, projection.parquet not yet
-    ("wrote:frames.npy", "SIGKILL", {"score": "done", "project": "interrupted"}),
-    # inside the page's write
-    ("write:animation.html", "SIGKILL", {"project": "done", "render": "interrupted"}),
+    ("wrote:frames.npy", "SIGKILL", {"detect": "done", "project": "interrupted"}),
+    # Ctrl-C inside the page's write
+    ("write:animation.html", "SIGINT", {"project": "done", "render": "interrupted"}),
 ]
 
 
@@ -145,19 +170,11 @@ def test_run_killed_anywhere_resumes_to_the_same_result(reference_run, tmp_path)
         stopped(ftviz(args, kill_at=point, signal_name=signal_name), signal_name)
         if expected.get("train", "") is None:
             assert not run.manifest_path.exists() and leftovers(run), point
-            continue
-        statuses = check_consistent(run)
-        for name, status in expected.items():
-            if name == "snapshot_steps":
-                assert run.manifest()["snapshot_steps"] == status, point
-            else:
-                assert statuses[name] == status, (point, statuses)
+        else:
+            check_stop(run, point, expected)
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, reference_run)
-    # and a finished run is not touched by the same command again
-    again = ftviz(args)
-    assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
 # ---- ftviz embed ----------------------------------------------------------------------------
@@ -210,12 +227,7 @@ def test_embed_killed_anywhere_resumes_to_the_same_result(trainer_output, tmp_pa
     run = RunDir(runs / "kill")
     for point, signal_name, expected in EMBED_STOPS:
         stopped(ftviz(args, kill_at=point, signal_name=signal_name), signal_name)
-        statuses = check_consistent(run)
-        for name, status in expected.items():
-            if name == "snapshot_steps":
-                assert run.manifest()["snapshot_steps"] == status, point
-            else:
-                assert statuses[name] == status, (point, statuses)
+        check_stop(run, point, expected)
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, RunDir(reference_dir / "kill"))
