@@ -209,13 +209,88 @@ def _classifier_probe(hf_model, settings):
     return HeadInputProbe()
 
 
-def wrap_model(hf_model, settings):
-    """The ProbeModel for a loaded transformers image classifier."""
+def wrap_model(hf_model, settings, processor_config: dict | None = None):
+    """The ProbeModel for a loaded transformers image classifier.
+
+    ``processor_config`` (the image processor's dict) adds what :class:`ProcessorSettings`
+    leaves out: a resize beyond the input size followed by a centre crop (ConvNeXt's
+    ``crop_pct``, DeiT's ``crop_size``) and bicubic resampling.
+    """
     if hf_model.config.model_type == "vit" and hasattr(hf_model, "vit"):
         from ftviz.models.vit import ViTProbe
 
-        return ViTProbe(hf_model, image_size=settings.size, mean=settings.mean, std=settings.std)
-    return _classifier_probe(hf_model, settings)
+        probe = ViTProbe(hf_model, image_size=settings.size, mean=settings.mean, std=settings.std)
+    else:
+        probe = _classifier_probe(hf_model, settings)
+    resize, mode = processor_geometry(processor_config, settings.size)
+    if resize != settings.size or mode != "bilinear":
+        probe = _cropped_probe(probe, resize, mode)
+    return probe
+
+
+# PIL resample codes that image processors store -> torch's interpolation modes
+_RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
+
+
+def processor_geometry(config: dict | None, input_side: int) -> tuple[int, str]:
+    """(side the processor resizes to before its centre crop, interpolation) for ``config``.
+
+    ConvNeXt resizes the shortest edge to ``shortest_edge / crop_pct`` below 384 px, then crops
+    ``shortest_edge``; processors with ``do_center_crop`` resize to ``size`` then crop
+    ``crop_size``; the others resize straight to the input side (returned as is).
+    """
+    if not config:
+        return int(input_side), "bilinear"
+    mode = _RESAMPLE_MODES.get(int(config.get("resample") or 2), "bilinear")
+    size = config.get("size") or {}
+    resize = int(input_side)
+    if config.get("do_resize", True) is False:
+        return resize, mode
+    if isinstance(size, dict) and size.get("shortest_edge") and config.get("crop_pct"):
+        edge = int(size["shortest_edge"])
+        if edge < 384:
+            resize = int(edge / float(config["crop_pct"]))
+    elif config.get("do_center_crop") and config.get("crop_size"):
+        from ftviz.models.hub import _side
+
+        resize = _side(size, input_side)
+    return max(resize, int(input_side)), mode
+
+
+def _cropped_probe(inner, resize_side: int, mode: str):
+    """``inner`` with its images resized to ``resize_side`` with ``mode``, then centre-cropped
+    to its input side, as the model's image processor does."""
+    import torch.nn.functional as F
+
+    from ftviz.models.base import ProbeModel
+
+    class CroppedProbe(ProbeModel):
+        def __init__(self):
+            super().__init__(image_size=inner.image_size, mean=inner.pixel_mean.flatten().tolist(),
+                             std=inner.pixel_std.flatten().tolist())
+            self.inner = inner
+            self.resize_side = int(resize_side)
+            self.mode = mode
+            self.num_classes = inner.num_classes
+            self.embedding_dim = inner.embedding_dim
+
+        def preprocess(self, images):
+            pixels = images.permute(0, 3, 1, 2).float().div_(255.0)
+            side = self.resize_side
+            if tuple(pixels.shape[-2:]) != (side, side):
+                pixels = F.interpolate(pixels, size=(side, side), mode=self.mode, align_corners=False, antialias=True)
+                pixels = pixels.clamp_(0.0, 1.0)  # bicubic overshoots; processors round to uint8 in [0, 255]
+            top = (side - self.image_size) // 2
+            pixels = pixels[..., top : top + self.image_size, top : top + self.image_size]
+            return (pixels - self.pixel_mean) / self.pixel_std
+
+        def embed(self, pixel_values):
+            return self.inner.embed(pixel_values)
+
+        def save_pretrained(self, directory) -> None:
+            self.inner.save_pretrained(directory)
+
+    return CroppedProbe()
 
 
 def load_classifier(checkpoint: Checkpoint):
@@ -267,7 +342,7 @@ def ingest_checkpoints(
 
     from ftviz.data import load_splits
     from ftviz.embed import resolve_device
-    from ftviz.models.hub import load_processor_settings
+    from ftviz.models.hub import load_processor_settings, read_processor_config
     from ftviz.pipeline import new_run_manifest, prepare_run, write_samples
     from ftviz.recorder import Recorder
 
@@ -288,9 +363,14 @@ def ingest_checkpoints(
             checkpoint.path, folder, processor, default_size=getattr(model_config, "image_size", 224)
         )
 
+    def wrapped(hf_model, settings):
+        # the processor's own file once more, for its crop and resampling (see wrap_model)
+        config = read_processor_config(settings.origin) if settings.origin != "defaults" else None
+        return wrap_model(hf_model, settings, config)
+
     first_settings = settings_for(checkpoints[0])
     hf_model = load_classifier(checkpoints[0])
-    model = wrap_model(hf_model, first_settings)
+    model = wrapped(hf_model, first_settings)
     run, resuming = prepare_run(config, force=force)
     if not resuming:
         manifest = new_run_manifest(
@@ -333,7 +413,7 @@ def ingest_checkpoints(
                 # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
                 # checkpoint costs little and lets transformers convert legacy key names.
                 if checkpoint is not checkpoints[0]:
-                    model = wrap_model(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
+                    model = wrapped(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
                     if model.num_classes != splits.num_classes:
                         raise FtvizError(
                             f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "

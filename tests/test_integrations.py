@@ -199,6 +199,28 @@ def test_callback_with_swin_embeds_the_head_input(digits, tmp_path):
     assert cosines(run.load_snapshot(3)[0], pooled).min() >= 0.999
 
 
+def test_callback_applies_a_cropping_bicubic_processor(digits, tmp_path):
+    """ConvNeXt's processor resizes 32 px to 36 (shortest_edge / crop_pct) with bicubic
+    resampling and centre-crops 32: the snapshots match the classifier input it produces."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessorPil
+
+    torch.manual_seed(0)
+    model = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2,
+                                                          num_labels=10, image_size=32))
+    processor = ConvNextImageProcessorPil(size={"shortest_edge": 32})
+    assert processor.crop_pct == 0.875 and int(processor.resample) == 3
+    trainer = train_with_callback(tmp_path / "hf", model, digits, processor,
+                                  make_callback(tmp_path / "run", digits, every=2, finish=False), steps=2)
+    pixels = processor(list(digits["images"][digits["probe"]]), return_tensors="pt")["pixel_values"]
+    captured = []
+    head = trainer.model.eval().classifier
+    handle = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    with torch.no_grad():
+        trainer.model(pixel_values=pixels)
+    handle.remove()
+    assert cosines(RunDir(tmp_path / "run").load_snapshot(2)[0], captured[0].numpy()).min() >= 0.999
+
+
 @pytest.mark.slow
 def test_resumed_trainer_keeps_the_frames_before_its_checkpoint(digits, tmp_path):
     """Training stopped at step 5 and resumed from checkpoint-4 gives the straight run's frames."""

@@ -96,8 +96,8 @@ class FtvizCallback(TrainerCallback):
 
         if model is None:
             raise FtvizError("FtvizCallback needs the Trainer's model; pass model= to Trainer")
-        settings = self._processor_settings(model, processing_class)
-        self.probe_model = wrap_model(model, settings).to(next(model.parameters()).device)
+        settings, processor_config = self._processor_settings(model, processing_class)
+        self.probe_model = wrap_model(model, settings, processor_config).to(next(model.parameters()).device)
         names = self.class_names
         if names is None:
             names = [model.config.id2label.get(i, str(i)) for i in range(model.config.num_labels)]
@@ -178,21 +178,23 @@ class FtvizCallback(TrainerCallback):
         run.mark_stage("train", "running", source="hf_trainer_callback")
 
     def _processor_settings(self, model, processing_class):
-        from ftviz.models.hub import load_processor_settings, processor_settings
+        """(ProcessorSettings, the processor's dict or None) for the probe images."""
+        from ftviz.models.hub import load_processor_settings, processor_settings, read_processor_config
 
         default_size = int(getattr(model.config, "image_size", 224))
         chosen = self.processor if self.processor is not None else processing_class
         chosen = getattr(chosen, "image_processor", chosen)  # a multimodal processor's image part
         if isinstance(chosen, str):
-            return load_processor_settings(chosen, default_size=default_size)
+            settings = load_processor_settings(chosen, default_size=default_size)
+            return settings, (read_processor_config(chosen) if settings.origin != "defaults" else None)
         if chosen is not None and hasattr(chosen, "to_dict") and hasattr(chosen, "image_mean"):
-            return processor_settings(chosen.to_dict(), default_size=default_size,
-                                      origin=type(chosen).__name__)
+            config = chosen.to_dict()
+            return processor_settings(config, default_size=default_size, origin=type(chosen).__name__), config
         if self.processor is not None:
             raise FtvizError(
                 f"processor= wants an image processor, a hub id or a folder, got {type(self.processor).__name__}"
             )
-        return processor_settings(None, default_size=default_size)
+        return processor_settings(None, default_size=default_size), None
 
 
 def _log_rows(history: list[dict], upto: int) -> list[dict]:
