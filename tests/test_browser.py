@@ -71,8 +71,10 @@ def displayed(page) -> np.ndarray:
 
 
 def tolerance(frames: np.ndarray) -> float:
-    """The page's coordinates are 14-bit codes on each frame's box: one code step of the widest frame."""
-    return float((frames.max(axis=1) - frames.min(axis=1)).max() / (2**14 - 1) * 1.01 + 1e-6)
+    """The page's coordinates are codes on a grid over a frame's box (or all frames' box): one step of the widest."""
+    from ftviz.render.codec import COORDINATE_BITS
+
+    return float((frames.max(axis=(0, 1)) - frames.min(axis=(0, 1))).max() / (2**COORDINATE_BITS - 1) * 1.01 + 1e-6)
 
 
 def test_page_opens_without_errors_and_shows_the_run(page, tiny_run):

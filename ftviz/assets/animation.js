@@ -135,7 +135,7 @@
   // Quantised scores: code 255 = missing, else range[0] + code * span / (levels - 1).
   const SCORES = {
     outlier: { range: meta.outlierRange, top: (meta.outlierLevels || 255) - 1, perFrame: true },
-    quality: { range: meta.qualityRange, top: 254, perFrame: true },
+    quality: { range: meta.qualityRange, top: (meta.qualityLevels || 255) - 1, perFrame: true },
     suspicion: { range: meta.suspicionRange, top: 254, perFrame: false },
   };
   function scoreAt(name, t, i) {
@@ -370,8 +370,9 @@
     if (noisy && arrays.true) line(text, "true label", className(arrays.true[id]));
     const predicted = predictedAt(t, id);
     line(text, "prediction", className(predicted), predicted >= 0 && predicted !== given ? ["issue", "≠ given"] : null);
-    line(text, "outlier score", fmt(scoreAt("outlier", t, id), 3));
-    line(text, "label quality", fmt(scoreAt("quality", t, id), 3), arrays.issue[t * N + id] ? ["issue", "label issue"] : null);
+    // Scores as precise as they travel (see OUTLIER_LEVELS and QUALITY_LEVELS in page.py).
+    line(text, "outlier score", fmt(scoreAt("outlier", t, id), 2));
+    line(text, "label quality", fmt(scoreAt("quality", t, id), 2), arrays.issue[t * N + id] ? ["issue", "label issue"] : null);
     if (arrays.suspicion) line(text, "suspicion", fmt(scoreAt("suspicion", t, id), 3), arrays.flagged && arrays.flagged[id] ? ["issue", "flagged"] : null);
     drawThumbnail(byId("tooltip-thumb"), id);
     tooltip.hidden = false;
@@ -501,7 +502,7 @@
         if (listed.issueStep !== null) entry.side.appendChild(element("div", "detector", "from step " + listed.issueStep));
       } else {
         issue = arrays.issue[t * N + id] === 1;
-        entry.side.replaceChildren(element("div", "rank", "#" + (j + 1) + " of " + N), element("div", "score", fmt(scoreAt("outlier", t, id), 3)));
+        entry.side.replaceChildren(element("div", "rank", "#" + (j + 1) + " of " + N), element("div", "score", fmt(meta.topScores[t][j], 3)));
         entry.side.appendChild(element("div", "detector", "kNN outlier"));
       }
       entry.card.classList.toggle("issue", issue);
