@@ -103,17 +103,35 @@ def _add_optional_commands(sub, add) -> None:
                 raise
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or a container's stop), handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Schedulers send SIGTERM before SIGKILL: stop between steps, save, and say how to resume.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.handler(args)
     except FtvizError as error:
         print(f"ftviz: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ftviz: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        what = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"ftviz: {what}; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -56,6 +56,9 @@ def stopped(result, signal_name: str) -> None:
     """The process died of SIGKILL, or exited 130 with the resume hint after Ctrl-C."""
     if signal_name == "SIGKILL":
         assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
+    elif signal_name == "SIGTERM":  # a scheduler's stop: handled like Ctrl-C, exit 128 + 15
+        assert result.returncode == 143, (result.returncode, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines()[-1] == "ftviz: terminated; rerun the same command to resume"
     else:
         assert result.returncode == 130, (result.returncode, result.stderr[-2000:])
         assert result.stderr.strip().splitlines()[-1] == "ftviz: interrupted; rerun the same command to resume"
@@ -172,6 +175,19 @@ def test_run_killed_anywhere_resumes_to_the_same_result(reference_run, tmp_path)
             assert not run.manifest_path.exists() and leftovers(run), point
         else:
             check_stop(run, point, expected)
+    result = ftviz(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_result(run, reference_run)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_resumes(reference_run, tmp_path):
+    args = ["run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=kill", *TINY]
+    run = RunDir(tmp_path / "kill")
+    stopped(ftviz(args, kill_at="wrote:step-0000008.npz", signal_name="SIGTERM"), "SIGTERM")
+    # Stopped inside step 8's snapshot: the state saved is the epoch end before it (step 6).
+    check_stop(run, "SIGTERM", {"train": "interrupted", "resume_step": 6})
+    assert run.manifest()["stages"]["train"]["status"] == "interrupted"
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, reference_run)
