@@ -6,7 +6,9 @@ Workloads (all the digits default of experiments/default.toml, 10% of the labels
 - ``e40``: trained until it fits the flipped labels (``train.epochs=40``, ``train.snapshot_every=40``);
 - ``asym``: the default run with asymmetric noise (``data.noise=asymmetric``);
 - ``clean_test``: a probe the network never trains on, clean labels (``data.probe=test``,
-  ``data.noise_rate=0``): how many samples each detector flags, which should be few.
+  ``data.noise_rate=0``): how many samples each detector flags, which should be few;
+- ``seed1`` and ``noise20``: checks that the recommended rule was not fitted to the runs above,
+  the default run with another seed (``seed=1``) and with 20% of the labels flipped.
 
 Each run is trained once into ``--scratch`` (training the 40-epoch one takes minutes) and
 reused; the detect stage reruns on it every time. Prints one markdown table per workload
@@ -36,6 +38,8 @@ WORKLOADS = {
     "e40": ["train.epochs=40", "train.snapshot_every=40"],
     "asym": ["data.noise=asymmetric"],
     "clean_test": ["data.probe=test", "data.noise_rate=0"],
+    "seed1": ["seed=1"],
+    "noise20": ["data.noise_rate=0.2"],
 }
 LABELS = {
     "label_quality_last": "Cleanlab, last frame (peer)",
