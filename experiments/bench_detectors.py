@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def synthetic_history(frames: int, samples: int, classes: int = 10, seed: int = 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scratch", default=os.environ.get("FTVIZ_BENCH_SCRATCH", "/tmp/ftviz-bench-detectors"),
+    default_scratch = os.path.join(tempfile.gettempdir(), "ftviz-bench-detectors")
+    parser.add_argument("--scratch", default=os.environ.get("FTVIZ_BENCH_SCRATCH", default_scratch),
                         help="folder for the workload runs (kept and reused)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--no-timing", action="store_true")

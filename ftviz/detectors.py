@@ -163,18 +163,9 @@ def label_quality(*, probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     Returns (quality (N,) float64, low = suspicious; issues (N,) bool). Predictions too
     degenerate for a confident joint (a network that has learnt nothing) flag nothing.
     """
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    from ftviz.quality import label_scores_from_probs
 
-    labels = np.asarray(labels, dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quality = get_label_quality_scores(labels, probs)
-        try:
-            issues = find_label_issues(labels, probs, n_jobs=1)
-        except (ValueError, ZeroDivisionError):
-            issues = np.zeros(len(labels), dtype=bool)
-    return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
+    return label_scores_from_probs(probs=probs, labels=labels)
 
 
 def ensembled_label_quality(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

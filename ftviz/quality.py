@@ -132,18 +132,25 @@ def label_scores(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     label_quality : (N,) float64 in [0, 1], lower = more suspicious.
     is_label_issue : (N,) bool, Cleanlab's ``find_label_issues`` (prune by noise rate).
     """
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits (N, C) and labels (N,) disagree: {logits.shape} vs {labels.shape}")
+    return label_scores_from_probs(probs=softmax(logits), labels=labels)
+
+
+def label_scores_from_probs(*, probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cleanlab's label quality (self-confidence) and ``find_label_issues`` flags for (N, C) probs.
+
+    Returns (quality (N,) float64, low = suspicious; issues (N,) bool).
+    """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    if logits.ndim != 2 or len(logits) != len(labels):
-        raise ValueError(f"logits (N, C) and labels (N,) disagree: {logits.shape} vs {labels.shape}")
-    pred_probs = softmax(logits)
     labels = np.asarray(labels, dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quality = get_label_quality_scores(labels, pred_probs)
+        quality = get_label_quality_scores(labels, probs)
         try:
-            issues = find_label_issues(labels, pred_probs, n_jobs=1)
+            issues = find_label_issues(labels, probs, n_jobs=1)
         except (ValueError, ZeroDivisionError):
             # Degenerate predictions (e.g. step 0 of a random network predicting one class):
             # no confident joint can be estimated, so nothing is flagged at this step.
