@@ -405,6 +405,8 @@ def ingest_checkpoints(
     rows = metrics_from_log_history(history)
     learning_rates = {row["step"]: row["learning_rate"] for row in rows if row["split"] == "train"}
     epochs = {c.step: float(states.get(c.path / STATE_FILE, {}).get("epoch", float("nan"))) for c in checkpoints}
+    if not todo and run.stage_status("train") == "done":
+        return run  # stopped after embedding: redoing the train stage would stale every later one
     model.to(device)  # the first checkpoint's, loaded above to check it
     with run.stage("train", source="checkpoints", total_steps=checkpoints[-1].step) as record:
         bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)

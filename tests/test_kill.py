@@ -244,9 +244,14 @@ def test_embed_killed_anywhere_resumes_to_the_same_result(trainer_output, tmp_pa
     for point, signal_name, expected in EMBED_STOPS:
         stopped(ftviz(args, kill_at=point, signal_name=signal_name), signal_name)
         check_stop(run, point, expected)
+    before = run.manifest()["stages"]
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, RunDir(reference_dir / "kill"))
+    # Stopped during render: the rerun embeds nothing and redoes only the stages not done.
+    after = run.manifest()["stages"]
+    for name in ("train", "score", "detect", "project"):
+        assert after[name] == before[name], name
 
 
 # ---- a damaged run.json ---------------------------------------------------------------------
