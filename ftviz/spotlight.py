@@ -23,7 +23,8 @@ suspicion_rank         (1 = most suspicious); only when ``suspicion.parquet`` ex
 is_label_issue         the rows below: the final label-issue flag, the first step from which
 issue_step             it stays flagged (empty if not flagged), and the history detectors
 aum                    (see :mod:`ftviz.detectors`): area under the margin, Cleanlab quality
-label_quality_ensemble of the snapshot-mean probabilities, data-map confidence, variability
+label_quality_ensemble of the snapshot-mean probabilities and of softmax + kNN label votes
+label_quality_knn      (label_quality_knn), data-map confidence, variability
 datamap_confidence     and correctness, forgetting events, and the rank of the last outlier
 datamap_variability    score (1 = most atypical)
 datamap_correctness
@@ -142,12 +143,15 @@ SUSPICION_COLUMNS = {
     "issue_step": "issue_step",
     "aum": "aum",
     "label_quality_ensemble": "label_quality_ensemble",
+    "label_quality_knn": "label_quality_knn",
     "confidence": "datamap_confidence",
     "variability": "datamap_variability",
     "correctness": "datamap_correctness",
     "forgetting_events": "forgetting_events",
     "outlier_rank": "outlier_rank",
 }
+
+SUSPICION_CORE = ("id", "suspicion", "suspicion_rank", "is_label_issue", "issue_step")
 
 
 def suspicion_columns(run: RunDir, count: int) -> dict:
@@ -156,10 +160,11 @@ def suspicion_columns(run: RunDir, count: int) -> dict:
     if not run.file("suspicion.parquet").is_file():
         return {}
     table = run.read_parquet("suspicion.parquet").sort_values("id").reset_index(drop=True)
-    if not np.array_equal(table["id"].to_numpy(), np.arange(count)) or not set(SUSPICION_COLUMNS) <= set(table):
+    if not np.array_equal(table["id"].to_numpy(), np.arange(count)) or not set(SUSPICION_CORE) <= set(table):
         raise FtvizError(f"{run.path}: suspicion.parquet does not match the probe; rerun `ftviz detect {run.path}`")
+    # Detector columns a run from an earlier ftviz did not write are left out, not refused.
     return {name: table[source].to_numpy() if source != "issue_step" else table[source].array
-            for source, name in SUSPICION_COLUMNS.items()}
+            for source, name in SUSPICION_COLUMNS.items() if source in table}
 
 
 def _scores_at(run: RunDir, scores, step: int, count: int):

@@ -36,7 +36,7 @@ EXPECTED_COLUMNS = [
     "label_issue_last", "first_issue_step",
     # from suspicion.parquet (the detect stage)
     "suspicion", "suspicion_rank", "is_label_issue", "issue_step", "aum", "label_quality_ensemble",
-    "datamap_confidence", "datamap_variability", "datamap_correctness", "forgetting_events", "outlier_rank",
+    "label_quality_knn", "datamap_confidence", "datamap_variability", "datamap_correctness", "forgetting_events", "outlier_rank",
     "frame_first", "frame_last", "embedding_last",
 ]
 DETECT_COLUMNS = EXPECTED_COLUMNS[EXPECTED_COLUMNS.index("suspicion") : EXPECTED_COLUMNS.index("frame_first")]
