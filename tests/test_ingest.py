@@ -43,9 +43,15 @@ def train_with_trainer(out: Path, model, train_images, labels, processor, *, max
 def trained(tmp_path_factory):
     """CIFAR-format data (100 train, 30 test) and a tiny ViT fine-tuned on it for 6 steps,
     checkpoints every 2 steps, evaluated every 3, with a non-default processor saved."""
+    return tiny_trainer_output(tmp_path_factory.mktemp("ingest"), eval_steps=3)
+
+
+def tiny_trainer_output(root: Path, *, eval_steps: int = 0) -> dict:
+    """A tiny ViT trained by the real Trainer for 6 steps (checkpoints at 2, 4, 6) on
+    CIFAR-format pickles written under ``root`` (100 train, 30 test images), with a
+    non-default processor saved."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
-    root = tmp_path_factory.mktemp("ingest")
     train, test = cifar_like()
     cifar = write_cifar10_pickles(root / "cifar-10-batches-py", train, test)
     torch.manual_seed(0)
@@ -54,7 +60,7 @@ def trained(tmp_path_factory):
                        label2id={n: i for i, n in enumerate(train.class_names)})
     processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     out = train_with_trainer(root / "vit-out", ViTForImageClassification(config), train.images, train.labels,
-                             processor, max_steps=6, save_steps=2, eval_steps=3)
+                             processor, max_steps=6, save_steps=2, eval_steps=eval_steps)
     return {"root": root, "cifar": cifar, "out": out, "train": train, "test": test}
 
 

@@ -198,24 +198,9 @@ def test_sigterm_stops_like_ctrl_c_and_resumes(reference_run, tmp_path):
 def trainer_output(tmp_path_factory) -> dict:
     """A real transformers.Trainer run: a tiny ViT, 6 steps, checkpoints at steps 2, 4 and 6,
     on CIFAR-format pickles the test writes (100 train, 30 test images)."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+    from tests.test_ingest import tiny_trainer_output
 
-    from ftviz.sources import write_cifar10_pickles
-    from tests.test_ingest import IMAGENET_MEAN, IMAGENET_STD, train_with_trainer
-    from tests.test_sources import cifar_like
-
-    root = tmp_path_factory.mktemp("trainer")
-    train, test = cifar_like()
-    cifar = write_cifar10_pickles(root / "cifar-10-batches-py", train, test)
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, num_labels=10, id2label=dict(enumerate(train.class_names)),
-                       label2id={n: i for i, n in enumerate(train.class_names)})
-    processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    out = train_with_trainer(root / "vit-out", ViTForImageClassification(config), train.images, train.labels,
-                             processor, max_steps=6, save_steps=2)
-    return {"out": out, "cifar": cifar}
+    return tiny_trainer_output(tmp_path_factory.mktemp("trainer"))
 
 
 def embed_args(trainer_output: dict, runs: Path) -> list[str]:
