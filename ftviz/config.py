@@ -221,12 +221,6 @@ def validate(config: ExperimentConfig) -> None:
         (config.train.precision in ("auto", "fp32", "bf16"), "train.precision: auto, fp32 or bf16"),
         (config.train.embed_precision in ("auto", "fp32", "bf16"), "train.embed_precision: auto, fp32 or bf16"),
         (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
-        (config.project.method in ("pca", "tsne", "umap"), f"project.method: pca, tsne or umap, got {config.project.method!r}"),
-        (config.project.basis in ("per_frame", "shared"), "project.basis: per_frame or shared"),
-        (_is_frame_reference(config.project.reference),
-         f"project.reference: previous, first, last, consensus or a frame index, got {config.project.reference!r}"),
-        (config.project.knn > 0, "project.knn must be > 0"),
-        (config.project.knn_sample > 0, "project.knn_sample must be > 0"),
         (config.score.k > 0, "score.k must be > 0"),
         (config.detect.rule in ("auto", "history", "last"), "detect.rule: auto, history or last"),
         (0.0 < config.detect.learnt_fraction <= 1.0, "detect.learnt_fraction must be in (0, 1]"),
@@ -238,14 +232,7 @@ def validate(config: ExperimentConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise FtvizError(message)
+    from ftviz.project import check_config  # numpy only; the stage module owns its section's rules
 
+    check_config(config.project, libraries=False)
 
-def _is_frame_reference(reference: str) -> bool:
-    """The Procrustes references :func:`ftviz.align.align_sequence` takes, as config strings."""
-    if reference in ("previous", "first", "last", "consensus"):
-        return True
-    try:
-        int(reference)
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -545,19 +545,7 @@ def detector_table(
 # ---- the stage ------------------------------------------------------------------------------
 def load_logits(run, steps) -> np.ndarray:
     """The logits of every snapshot, (T, N, C) float32, without reading the embeddings."""
-    from ftviz.rundir import snapshot_name
-
-    frames = []
-    for step in steps:
-        path = run.snapshots_dir / snapshot_name(step)
-        try:
-            with np.load(path) as data:
-                frames.append(data["logits"].astype(np.float32))
-        except FileNotFoundError:
-            raise FtvizError(f"{path} is missing; rerun training for this run") from None
-        except Exception as error:
-            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); rerun training") from None
-    return np.stack(frames)
+    return np.stack([run.load_logits(step).astype(np.float32) for step in steps])
 
 
 def frame_scores(run, scores, steps, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

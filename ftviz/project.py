@@ -42,10 +42,12 @@ _EXTRA = "pip install 'ftviz[projection]'"
 # ---------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------
-def check_config(section) -> None:
+def check_config(section, *, libraries: bool = True) -> None:
     """Raise :class:`FtvizError` (one line) if a ``[project]`` section cannot run.
 
-    Call before any work: checks the values and that the method's library imports.
+    Call before any work: checks the values (also done by :func:`ftviz.config.validate`, for
+    every command) and, with ``libraries``, that the method's library imports (only the
+    projection needs it, so ``ftviz score`` does not ask for openTSNE).
     ``section`` is a :class:`ftviz.config.ProjectConfig` (or None for the defaults).
     """
     if section is None:
@@ -69,9 +71,9 @@ def check_config(section) -> None:
         raise FtvizError(f"project.perplexity must be > 0; got {section.perplexity!r}")
     if getattr(section, "neighbors", 15) < 2:
         raise FtvizError(f"project.neighbors must be >= 2; got {section.neighbors!r}")
-    if method == "tsne":
+    if libraries and method == "tsne":
         _import_opentsne()
-    elif method == "umap":
+    elif libraries and method == "umap":
         _import_umap()
 
 

@@ -185,8 +185,8 @@ def score_run(run, config=None, *, progress: bool = True) -> None:
                     f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
                     f"{len(labels)}; the run is inconsistent, rerun training"
                 )
-            quality, issues = label_scores(logits=logits.astype(np.float32), labels=labels)
             probs = softmax(logits)
+            quality, issues = label_scores_from_probs(probs=probs, labels=labels)
             tables.append(pd.DataFrame({
                 "step": np.full(len(labels), step, dtype=np.int64),
                 "id": samples["id"].to_numpy(),

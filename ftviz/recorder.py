@@ -235,10 +235,9 @@ class Recorder:
         write_parquet(self.run.file("metrics.parquet"), table)
 
     # ---- the end -----------------------------------------------------------------------
-    def finish(self, *, progress: bool = True, log=print, **train_info):
-        """Mark training done (with ``train_info``) and run every later stage; rank 0 only.
-
-        Returns the run directory.
+    def finish(self, *, progress: bool = True, log=print, later_stages: bool = True, **train_info):
+        """Mark training done (with ``train_info``) and run every later stage (unless
+        ``later_stages`` is False); rank 0 only. Returns the run directory.
         """
         if not self.is_main:
             return self.run
@@ -249,7 +248,8 @@ class Recorder:
             final = next((r for r in reversed(self.rows) if r["split"] == self.probe_split), {})
             self.run.mark_stage("train", "done", snapshots=len(self.snapshot_steps),
                                 final_true_accuracy=final.get("true_accuracy"), **train_info)
-        continue_run(self.run, self.config, progress=progress, log=log)
+        if later_stages:
+            continue_run(self.run, self.config, progress=progress, log=log)
         return self.run
 
 

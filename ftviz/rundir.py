@@ -386,22 +386,21 @@ class RunDir:
 
     def load_snapshot(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (embedding (N, D) float16, logits (N, C) float16) at ``step``."""
+        return self._read_snapshot(step, "embedding", "logits")
+
+    def load_logits(self, step: int) -> np.ndarray:
+        """The logits (N, C) float16 at ``step``, without reading the embedding."""
+        return self._read_snapshot(step, "logits")[0]
+
+    def _read_snapshot(self, step: int, *keys: str) -> tuple[np.ndarray, ...]:
         path = self.snapshots_dir / snapshot_name(step)
         try:
-            with np.load(path) as data:
-                return data["embedding"], data["logits"]
+            with np.load(path) as data:  # an npz reads only the arrays asked for
+                return tuple(data[key] for key in keys)
         except FileNotFoundError:
             raise FtvizError(f"{path} is missing; rerun training for this run") from None
         except Exception as error:  # zip / pickle / key errors from a damaged file
             raise FtvizError(f"{path} is corrupt ({type(error).__name__}); rerun training") from None
-
-    def load_embeddings(self) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """All snapshots stacked: steps, embeddings (T, N, D) and logits (T, N, C), float16."""
-        steps = self.snapshot_steps()
-        if not steps:
-            raise MissingStageError(f"{self.path} has no snapshots; run training first")
-        pairs = [self.load_snapshot(s) for s in steps]
-        return steps, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     # ---- tables ------------------------------------------------------------------------
     def read_parquet(self, name: str, stage: str | None = None):

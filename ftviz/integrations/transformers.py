@@ -148,12 +148,7 @@ class FtvizCallback(TrainerCallback):
             self._snapshot(state, state.global_step)
         if not state.is_world_process_zero:
             return
-        self.recorder.write_metrics()
-        if self.finish:
-            self.recorder.finish(progress=self.progress, total_steps=state.global_step)
-        else:
-            self.recorder.run.mark_stage("train", "done", snapshots=len(self.recorder.snapshot_steps),
-                                         total_steps=state.global_step)
+        self.recorder.finish(progress=self.progress, later_stages=self.finish, total_steps=state.global_step)
 
     # ---- helpers -----------------------------------------------------------------------
     def _snapshot(self, state, step: int) -> None:
