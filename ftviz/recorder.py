@@ -41,9 +41,10 @@ def probe_metrics(logits: np.ndarray, given: np.ndarray, true: np.ndarray) -> di
     logits : (N, C), any float dtype (computed in float64).
     given, true : (N,) int labels.
     """
+    from ftviz.numerics import log_softmax
+
     logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    log_probs = log_softmax(logits)
     predicted = logits.argmax(1)
     return {
         "loss": float(-log_probs[np.arange(len(given)), given].mean()),
@@ -103,28 +104,34 @@ class Recorder:
         return distributed.is_main()
 
     # ---- the run directory -------------------------------------------------------------
-    def create(self, model, *, hf_model=None, **manifest_extra) -> None:
-        """Start a new run: ``run.json`` (config, versions, probe), samples and probe images.
+    def open(self, model, *, hf_model=None, force: bool = False, fresh: bool = False,
+             force_hint: str = "pass force=True to replace it", keep_out=(), **manifest_extra) -> bool:
+        """Open the run folder by the one rule of :func:`ftviz.runs.open_run`; returns whether
+        an unfinished run is resumed (then call :meth:`restore`). Rank 0 writes.
 
+        A new run gets ``run.json`` (config, versions, probe), samples and probe images.
         ``model`` is the :class:`~ftviz.models.base.ProbeModel` (for its sizes), ``hf_model``
-        the module whose parameters are counted when it wraps one. Rank 0 writes.
+        the module whose parameters are counted when it wraps one; ``fresh``: training starts
+        from step 0, so an unfinished run of the same config is replaced rather than resumed.
         """
         if not self.is_main:
-            return
-        from ftviz.pipeline import new_run_manifest, write_samples
+            return False
+        from ftviz.runs import Probe, new_run_manifest, open_run
 
-        splits = self.as_splits()
-        self.run.create(new_run_manifest(self.config, splits, model, hf_model=hf_model, **manifest_extra))
-        write_samples(self.run, splits)
-        self.snapshot_steps, self.rows = [], []
+        probe = Probe(self.probe_images, self.probe_labels, self.probe_true_labels, self.class_names)
+        _, resuming = open_run(
+            self.run.path, config=self.config, probe=probe, force=force, fresh=fresh, keep_out=keep_out,
+            force_hint=force_hint,
+            manifest=lambda: new_run_manifest(self.config, probe, model, hf_model=hf_model, **manifest_extra),
+        )
+        if not resuming:
+            self.snapshot_steps, self.rows = [], []
+        return resuming
 
-    def as_splits(self):
-        """The probe as a :class:`ftviz.data.Splits` with an empty train set (for the manifest)."""
-        from ftviz.data import ImageSet, Splits
-
-        empty = ImageSet(self.probe_images[:0], self.probe_labels[:0], self.class_names)
-        probe = ImageSet(self.probe_images, self.probe_labels, self.class_names)
-        return Splits(self.config.data.dataset, empty, probe, self.probe_labels[:0], self.probe_true_labels)
+    def create(self, model, *, hf_model=None, force: bool = False, **manifest_extra) -> None:
+        """Start a new run (an unfinished one of the same config is replaced; a finished one,
+        or another config's, only with ``force``). See :meth:`open`."""
+        self.open(model, hf_model=hf_model, force=force, fresh=True, **manifest_extra)
 
     def restore(self, step: int | float = math.inf, *, rows: list[dict] | None = None,
                 logged: list[dict] | None = None) -> list[int]:
@@ -218,6 +225,16 @@ class Recorder:
                     for key, value in metrics.items()})
         self.rows.append(row)
 
+    def set_logged(self, rows: list[dict]) -> None:
+        """Replace every non-probe row (the loss curve) with ``rows``; the probe rows stay."""
+        self.rows = [dict(r) for r in rows] + [r for r in self.rows if r["split"] == self.probe_split]
+
+    def annotate_probe_row(self, step: int, **values) -> None:
+        """Set fields (e.g. ``learning_rate``) of the probe row at ``step``, if there is one."""
+        for row in self.rows:
+            if row["split"] == self.probe_split and row["step"] == int(step):
+                row.update(values)
+
     def write_metrics(self) -> None:
         """``metrics.parquet`` from every row so far, by step (rows of one step keep their order)."""
         if not self.is_main:
@@ -241,7 +258,7 @@ class Recorder:
         """
         if not self.is_main:
             return self.run
-        from ftviz.pipeline import continue_run
+        from ftviz.stages import continue_run
 
         self.write_metrics()
         if self.run.stage_status("train") != "done":
