@@ -11,6 +11,7 @@ themselves there).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,12 +60,15 @@ class Splits:
         return len(self.train.class_names)
 
 
-# name -> loader(path) returning {"train": ImageSet, "test": ImageSet | None}
-RawLoader = Callable[[str], dict]
+# name -> loader(path) returning {"train": ImageSet, "test": ImageSet | None}; a loader with
+# an ``image_size`` keyword is also given data.image_size (image folders resize as they read).
+RawLoader = Callable[..., dict]
 RAW_LOADERS: dict[str, RawLoader] = {}
 
 
 def register_source(name: str) -> Callable[[RawLoader], RawLoader]:
+    """Register ``loader(path[, image_size=...])`` as ``data.dataset = name``."""
+
     def decorator(loader: RawLoader) -> RawLoader:
         RAW_LOADERS[name] = loader
         return loader
@@ -224,6 +228,36 @@ def stratified_indices(
     return np.sort(chosen)
 
 
+def hold_out_test_split(images: ImageSet, fraction: float, *, seed: int, dataset: str) -> tuple[ImageSet, ImageSet]:
+    """(train, test): ``fraction`` of every class held out, for a source without a test split.
+
+    Stratifying needs at least two images of every class and, on each side, at least as many
+    images as classes; data that cannot give that is refused in one line, before any training.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(images.labels, minlength=len(images.class_names))
+    lonely = [images.class_names[c] for c in np.flatnonzero(counts == 1)]
+    advice = 'add images, or set data.probe = "train" to probe the training set'
+    if lonely:
+        raise FtvizError(
+            f'data.probe = "test" holds out data.test_fraction = {fraction} of every class of the {dataset} '
+            f"training split, but class {lonely[0]!r} has only 1 image"
+            f"{f' ({len(lonely)} classes have 1)' if len(lonely) > 1 else ''}; {advice}"
+        )
+    try:
+        train_idx, test_idx = train_test_split(
+            np.arange(len(images)), test_size=fraction, stratify=images.labels, random_state=seed
+        )
+    except ValueError as error:  # e.g. fewer held-out images than classes
+        reason = " ".join(str(error).split())
+        raise FtvizError(
+            f'data.probe = "test" cannot hold out data.test_fraction = {fraction} of the {len(images)} {dataset} '
+            f"images stratified by class ({reason}); change data.test_fraction or {advice}"
+        ) from None
+    return images.subset(np.sort(train_idx)), images.subset(np.sort(test_idx))
+
+
 def check_image_set(images: ImageSet, what: str) -> None:
     """Errors for data the pipeline cannot use: empty, one class, wrong shape or dtype."""
     if len(images) == 0:
@@ -253,7 +287,10 @@ def load_raw(config) -> dict:
     if name not in RAW_LOADERS:
         known = ", ".join(sorted({"digits", "synthetic", *RAW_LOADERS}))
         raise FtvizError(f"unknown dataset {name!r}; choose one of: {known}")
-    return RAW_LOADERS[name](config.path)
+    loader = RAW_LOADERS[name]
+    if "image_size" in inspect.signature(loader).parameters:
+        return loader(config.path, image_size=config.image_size)
+    return loader(config.path)
 
 
 def _load_optional_sources() -> None:
@@ -280,15 +317,7 @@ def load_splits(config, *, seed: int) -> Splits:
     train, test = raw["train"], raw.get("test")
     check_image_set(train, f"the {config.dataset} training split")
     if config.probe == "test" and test is None:
-        from sklearn.model_selection import train_test_split
-
-        train_idx, test_idx = train_test_split(
-            np.arange(len(train)),
-            test_size=config.test_fraction,
-            stratify=train.labels,
-            random_state=seed,
-        )
-        train, test = train.subset(np.sort(train_idx)), train.subset(np.sort(test_idx))
+        train, test = hold_out_test_split(train, config.test_fraction, seed=seed, dataset=config.dataset)
     held_out = f" (after holding out data.test_fraction = {config.test_fraction} for the probe)" \
         if config.probe == "test" and raw.get("test") is None else ""
     train = train.subset(stratified_indices(train.labels, config.train_size, seed=seed, key="data.train_size",

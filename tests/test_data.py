@@ -152,3 +152,50 @@ def test_unknown_noise_kind_is_a_one_line_error():
     assert "\n" not in str(error.value)
     with pytest.raises(FtvizError, match="data.noise must be 'symmetric' or 'asymmetric', got 'pairs'"):
         load_config(None, ["data.noise=pairs"])
+
+
+def _tiny_image_folder(root, counts: dict[str, int], side: int = 8):
+    """root/<class>/<i>.png: ``counts[class]`` random side x side images per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_probe_test_with_a_one_image_class_is_one_line(tmp_path):
+    """Holding out a stratified probe needs two images of a class; sklearn's ValueError used
+    to surface as a traceback."""
+    root = _tiny_image_folder(tmp_path / "images", {"cat": 5, "dog": 5, "emu": 1})
+    config = DataConfig(dataset="imagefolder", path=str(root), probe="test", image_size=8, noise_rate=0.0)
+    with pytest.raises(FtvizError) as error:
+        load_splits(config, seed=0)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "class 'emu' has only 1 image" in message and 'data.probe = "train"' in message
+    config.probe = "train"  # the advice works: the training set is the probe
+    assert len(load_splits(config, seed=0).probe) == 11
+
+
+def test_probe_test_holding_out_fewer_images_than_classes_is_one_line(tmp_path):
+    root = _tiny_image_folder(tmp_path / "images", {"cat": 5, "dog": 5, "emu": 5})
+    config = DataConfig(dataset="imagefolder", path=str(root), probe="test", test_fraction=0.1, image_size=8)
+    with pytest.raises(FtvizError) as error:
+        load_splits(config, seed=0)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "cannot hold out data.test_fraction = 0.1 of the 15 imagefolder images" in message
+    assert "number of classes = 3" in message  # sklearn's reason, kept on the one line
+    config.test_fraction = 0.2
+    splits = load_splits(config, seed=0)
+    assert len(splits.probe) == 3 and sorted(splits.probe_true_labels.tolist()) == [0, 1, 2]
+
+
+def test_image_folder_is_read_at_data_image_size(tmp_path):
+    """load_raw gives the image-folder loader data.image_size: 24 px images arrive at 8 px."""
+    root = _tiny_image_folder(tmp_path / "images", {"cat": 4, "dog": 4}, side=24)
+    splits = load_splits(DataConfig(dataset="imagefolder", path=str(root), image_size=8, noise_rate=0.0), seed=0)
+    assert splits.train.images.shape == (8, 8, 8, 3) and splits.train.images.dtype == np.uint8
