@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[hub,diffusion,spotlight,export,projection,bench,test]"
+	$(BIN)/pip install -q -e ".[hub,diffusion,spotlight,serve,export,projection,bench,test]"
 	# timm needs torchvision built for the installed torch; PyPI has only CUDA builds of it, which
 	# fail to import beside a CPU-only torch (and break transformers' image processors with them).
 	if $(BIN)/python -c "import sys, torch; sys.exit('+cpu' in torch.__version__)"; then $(BIN)/pip install -q -e ".[timm]"; \

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
+
+# Terminal escape sequences (CSI "ESC [ ... letter", OSC "ESC ] ... BEL or ESC \\", and
+# two-character ones): a class name must not move the cursor, recolour or retitle the terminal.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
+# Bidirectional overrides and isolates reorder what the terminal shows (they are format
+# characters, not controls, but as misleading in a table).
+_BIDI = {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"}
 
 
 def register(add) -> None:
@@ -44,10 +53,30 @@ def _cell(value, digits: int = 3) -> str:
     return str(value)
 
 
+def terminal_text(text: str) -> str:
+    """``text`` safe to print in a markdown table cell on a terminal.
+
+    Escape sequences and control characters (newlines and tabs included) are removed, and
+    ``|`` is escaped as ``\\|``, so a cell is one cell of one row, shown as plain text.
+
+    >>> terminal_text("cat\\x1b[31m|dog\\n")
+    'cat\\\\|dog'
+    """
+    text = _ESCAPES.sub("", str(text))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cc" and ch not in _BIDI)
+    return text.replace("|", "\\|")
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table; numbers (everything but the first column) right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    """A markdown table; numbers (everything but the first column) right-aligned.
+
+    Every cell goes through :func:`terminal_text`: names come from folders and users.
+    """
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(terminal_text(cell) for cell in cells) + " |"
+
+    lines = [line(header), "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += [line(row) for row in rows]
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ Per grid frame and run, :func:`compare_runs` computes
     the true labels as clusters, cosine distance, on at most 2,000 samples (fixed seed).
 ``label_issue_auroc``
     How well ``1 - label_quality`` (Cleanlab, from ``scores.parquet``) ranks the samples
-    whose labels were flipped on purpose above the others (sklearn ``roc_auc_score``);
+    whose labels were flipped on purpose above the others (:func:`ftviz.numerics.auroc_against_noise`);
     NaN when the run has no injected noise.
 ``cka_<run>``
     Linear CKA between this run's embedding and the other run's embedding at the same
@@ -48,6 +48,7 @@ import numpy as np
 
 from ftviz.errors import FtvizError
 from ftviz.palette import CLASS_PALETTE
+from ftviz.render.page import plotly_text
 
 KNN_K = 10
 SILHOUETTE_SAMPLE = 2000
@@ -64,11 +65,14 @@ def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, *, k: int = KNN_K, c
     embedding : (N, D) features.
     labels : (N,) int labels (the truth to predict).
     k : neighbours, each sample's own row excluded; ties in the vote go to the smallest label.
+    chunk : query rows per matrix product.
 
     Returns
     -------
     float in [0, 1].
     """
+    from ftviz.numerics import knn_label_shares
+
     features = np.asarray(embedding, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(features)
@@ -76,19 +80,8 @@ def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, *, k: int = KNN_K, c
         raise ValueError(f"embedding (N, D) and labels (N,) disagree: {features.shape} vs {labels.shape}")
     if n <= k:
         raise FtvizError(f"kNN accuracy with k={k} needs more than {k} samples, got {n}")
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    features = features / np.maximum(norms, np.finfo(np.float32).tiny)
-    num_labels = int(labels.max()) + 1
-    correct = 0
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(n, start + chunk))
-        similarity = features[rows] @ features.T  # (rows, N)
-        similarity[np.arange(len(rows)), rows] = -np.inf  # leave the sample itself out
-        neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        votes = np.zeros((len(rows), num_labels), dtype=np.int64)
-        np.add.at(votes, (np.repeat(np.arange(len(rows)), k), labels[neighbours].ravel()), 1)
-        correct += int((votes.argmax(axis=1) == labels[rows]).sum())
-    return correct / n
+    votes = knn_label_shares(embedding=features, labels=labels, num_classes=int(labels.max()) + 1, k=k, block=chunk)
+    return float((votes.argmax(axis=1) == labels).mean())  # argmax: the first (smallest) label wins ties
 
 
 def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
@@ -136,16 +129,14 @@ def silhouette(embedding: np.ndarray, labels: np.ndarray, *, sample: int = SILHO
 
 
 def label_issue_auroc(label_quality: np.ndarray, is_noisy: np.ndarray) -> float:
-    """AUROC of ``1 - label_quality`` as a detector of the injected noise ``is_noisy``.
+    """AUROC of ``1 - label_quality`` as a detector of the injected noise ``is_noisy``
+    (:func:`ftviz.numerics.auroc_against_noise`).
 
     NaN when no label (or every label) was flipped: there is nothing to detect.
     """
-    from sklearn.metrics import roc_auc_score
+    from ftviz.numerics import auroc_against_noise
 
-    is_noisy = np.asarray(is_noisy, dtype=bool)
-    if is_noisy.all() or not is_noisy.any():
-        return float("nan")
-    return float(roc_auc_score(is_noisy, 1.0 - np.asarray(label_quality, dtype=np.float64)))
+    return auroc_against_noise(1.0 - np.asarray(label_quality, dtype=np.float64), is_noisy)
 
 
 # ---- runs --------------------------------------------------------------------------------
@@ -183,11 +174,9 @@ class ComparedRun:
     def label_quality(self, index: int) -> np.ndarray:
         """(N,) Cleanlab label quality at snapshot ``index``, in sample-id order."""
         if "label_quality" not in self._per_frame:  # (T, N), read once by the shared reader
-            from ftviz.render.data import scores_per_frame
-
-            self._per_frame["label_quality"] = scores_per_frame(
-                self.run, steps=self.steps, n_points=len(self.samples), columns=["label_quality"],
-                scores=self.scores, complete=True)["label_quality"]
+            self._per_frame["label_quality"] = self.run.frame_scores(
+                ["label_quality"], steps=self.steps, count=len(self.samples), scores=self.scores,
+                complete=True)["label_quality"]
         return self._per_frame["label_quality"][index]
 
 
@@ -255,7 +244,7 @@ def load_classifier(run):
     """
     import torch
 
-    from ftviz.config import ExperimentConfig, _apply
+    from ftviz.config import config_from_manifest
     from ftviz.models import create_model
 
     path = Path(run.path) / "weights" / "final.pt"
@@ -263,8 +252,7 @@ def load_classifier(run):
         raise FtvizError(f"{run.path} has no weights/final.pt to classify generated samples with; "
                          "train it to the end with train.save_weights = \"latest\"")
     manifest = run.manifest()
-    config = ExperimentConfig()
-    _apply(config, manifest.get("config", {}), "")
+    config = config_from_manifest(manifest)
     model = create_model(config.model.name, num_classes=manifest["model"]["num_classes"],
                          image_size=config.data.image_size, pretrained=config.model.pretrained,
                          **config.model.options)
@@ -465,15 +453,35 @@ def _format(value: float, digits: int = 3) -> str:
 
 
 def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid: np.ndarray, *, reference: int | None):
-    """The plotly figure: scatter panels, metric curves, the per-snapshot table, one slider."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    """The plotly figure: scatter panels, metric curves, the per-snapshot table, one slider.
 
-    R = len(runs)
-    samples = runs[0].samples
-    true = samples["true_label"].to_numpy()
-    class_names = samples.drop_duplicates("true_label").set_index("true_label")["true_class_name"].to_dict()
-    classes = sorted(class_names)
+    Every name a person chose (run folders, models, class names) reaches plotly through
+    :func:`~ftviz.render.page.plotly_text`, so it shows as typed, never as markup.
+
+    Parameters
+    ----------
+    runs : the R compared runs; frames : R arrays (G, N, 2), each run's frame at every grid point.
+    table : :func:`compare_table`'s rows; grid : (G,) progress of each grid point, in [0, 1].
+    reference : the run the panels are aligned onto (named in the title), or None.
+    """
+    charts, sampled = metric_charts(runs, table)
+    figure, height = _subplot_grid(runs, charts)
+    scatter_traces = _add_scatter_panels(figure, runs, frames, columns=len(charts))
+    percent = 100.0 * grid
+    _add_metric_curves(figure, runs, table, charts, sampled, percent)
+    table_cells = _frame_table_cells(runs, table, sampled)
+    table_trace = _add_frame_table(figure, runs, sampled, table_cells(0))
+    halves = 1.05 * np.stack([np.nanmax(np.abs(f), axis=(1, 2)) for f in frames])  # (R, G)
+    _style_axes(figure, runs, charts, halves)
+    cursor = _progress_cursor(figure, runs, charts, percent)
+    figure.frames = _animation_frames(figure, runs, frames, scatter_traces, table_trace, table_cells, halves,
+                                      cursor, columns=len(charts))
+    _lay_out(figure, runs, percent, cursor, reference=reference, height=height)
+    return figure
+
+
+def metric_charts(runs: list[ComparedRun], table) -> tuple[list[tuple[str, str]], list[int]]:
+    """The metric charts of row 2 as (table column, title), and the runs with a sample accuracy."""
     charts = [
         ("knn_accuracy", f"kNN accuracy (k={KNN_K}, cosine, true labels)"),
         ("silhouette", "silhouette (cosine, true labels)"),
@@ -483,15 +491,25 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
     sampled = [r for r, run in enumerate(runs) if np.isfinite(table[table["run"] == run.label]["sample_accuracy"]).any()]
     if sampled:
         judge = next(name for name in table["sample_classifier"] if name)
-        charts.append(("sample_accuracy", f"sample accuracy (generated, judged by {judge})"))
-    C = len(charts)
-    width = C * R  # grid columns: each panel spans C, each chart spans R
+        charts.append(("sample_accuracy", f"sample accuracy (generated, judged by {plotly_text(judge)})"))
+    return charts, sampled
+
+
+def _subplot_grid(runs: list[ComparedRun], charts: list) -> tuple[object, int]:
+    """The empty figure: R scatter panels, C metric charts, the table; and its height in pixels.
+
+    The grid has C * R columns: each scatter panel spans C of them, each chart R.
+    """
+    from plotly.subplots import make_subplots
+
+    R, C = len(runs), len(charts)
+    width = C * R
     specs = [
         ([{"type": "xy", "colspan": C}] + [None] * (C - 1)) * R,
         ([{"type": "xy", "colspan": R}] + [None] * (R - 1)) * C,
         [{"type": "table", "colspan": width}] + [None] * (width - 1),
     ]
-    panel_titles = [f"<b>{run.label}</b> · {run.model}" for run in runs]
+    panel_titles = [f"<b>{plotly_text(run.label)}</b> · {plotly_text(run.model)}" for run in runs]
     # Heights in pixels: scatter panels, metric charts, the table (a header and R rows).
     heights = [460, 250, 28 * (R + 1) + 10]
     gaps = [90, 70]
@@ -501,22 +519,35 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
         vertical_spacing=sum(gaps) / 2 / total, horizontal_spacing=min(0.045, 0.5 / (width - 1)),
         subplot_titles=panel_titles + [title for _, title in charts] + [""],
     )
+    return figure, total
 
-    # Row 1: one panel per run, one trace per class (legend toggles a class in every panel)
-    # and one for the samples whose labels were flipped on purpose.
-    scatter_traces, masks = [], []
+
+def _add_scatter_panels(figure, runs: list[ComparedRun], frames: list[np.ndarray], *, columns: int) -> list:
+    """Row 1: one panel per run, one trace per class (the legend toggles a class in every panel)
+    and one for the samples whose labels were flipped on purpose, at the first grid point.
+
+    Returns [(trace index, run index, sample ids (n,))] for the animation frames.
+    """
+    import plotly.graph_objects as go
+
+    samples = runs[0].samples
+    true = samples["true_label"].to_numpy()
+    given = samples["given_label"].to_numpy()
+    names = runs[0].run.class_names(samples=samples)
+    class_names = {int(c): names[c] for c in np.unique(true)}  # the classes the probe holds
     noisy_any = np.zeros(len(true), dtype=bool)
     for run in runs:
         noisy_any |= run.samples["is_noisy"].to_numpy()
-    for c in classes:
-        masks.append(((true == c) & ~noisy_any, dict(name=f"{class_names[c]}", legendgroup=f"class{c}",
+    masks = []
+    for c in sorted(class_names):
+        masks.append(((true == c) & ~noisy_any, dict(name=plotly_text(class_names[c]), legendgroup=f"class{c}",
                       marker=dict(color=_CLASS_COLOURS[c % len(_CLASS_COLOURS)], size=5, opacity=0.75))))
     if noisy_any.any():
         flipped_colours = [_CLASS_COLOURS[c % len(_CLASS_COLOURS)] for c in true[noisy_any]]
         masks.append((noisy_any, dict(name="label flipped (×, true-class colour)", legendgroup="flipped",
                       marker=dict(color=flipped_colours, size=7, symbol="x", line=dict(width=0)))))
-    given = samples["given_label"].to_numpy()
-    for r, run in enumerate(runs):
+    scatter_traces = []
+    for r in range(len(runs)):
         for mask, style in masks:
             ids = np.flatnonzero(mask)
             customdata = np.stack([ids, given[ids], true[ids]], axis=1)
@@ -525,11 +556,19 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                 hovertemplate="id %{customdata[0]}<br>given label %{customdata[1]} · true %{customdata[2]}<extra></extra>",
                 showlegend=r == 0, **style,
             )
-            figure.add_trace(trace, row=1, col=C * r + 1)
+            figure.add_trace(trace, row=1, col=columns * r + 1)
             scatter_traces.append((len(figure.data) - 1, r, ids))
+    return scatter_traces
 
-    # Row 2: metric curves over progress, one line per run (CKA: one per pair).
-    percent = 100.0 * grid
+
+def _add_metric_curves(figure, runs: list[ComparedRun], table, charts: list, sampled: list[int],
+                       percent: np.ndarray) -> None:
+    """Row 2: metric curves over progress, one line per run (CKA: one per pair of runs)."""
+    import plotly.graph_objects as go
+
+    R = len(runs)
+    # The run's name comes from the trace's own (escaped) name, never spliced into the template.
+    hover = "%{x:.0f}%: %{y:.3f}<extra>%{fullData.name}</extra>"
     for chart, (metric, _) in enumerate(charts):
         col = chart * R + 1
         if metric == "cka":
@@ -537,9 +576,10 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                 for b in range(a + 1, R):
                     values = table[table["run"] == runs[a].label][f"cka_{runs[b].label}"].to_numpy()
                     figure.add_trace(go.Scatter(
-                        x=percent, y=values, mode="lines", name=f"{runs[a].label} ↔ {runs[b].label}",
+                        x=percent, y=values, mode="lines",
+                        name=f"{plotly_text(runs[a].label)} ↔ {plotly_text(runs[b].label)}",
                         line=dict(color=_RUN_COLOURS[(a + b) % len(_RUN_COLOURS)], dash="dot"),
-                        legendgroup="cka", hovertemplate="%{x:.0f}%: %{y:.3f}<extra>%{fullData.name}</extra>",
+                        legendgroup="cka", hovertemplate=hover,
                     ), row=2, col=col)
             continue
         for r, run in enumerate(runs):
@@ -547,18 +587,21 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                 continue
             values = table[table["run"] == run.label][metric].to_numpy()
             figure.add_trace(go.Scatter(
-                x=percent, y=values, mode="lines", name=run.label, legendgroup=f"run{r}",
+                x=percent, y=values, mode="lines", name=plotly_text(run.label), legendgroup=f"run{r}",
                 showlegend=chart == 0, line=dict(color=_RUN_COLOURS[r % len(_RUN_COLOURS)], width=2),
-                hovertemplate="%{x:.0f}%: %{y:.3f}<extra>" + run.label + "</extra>",
+                hovertemplate=hover,
             ), row=2, col=col)
 
-    # Row 3: the table of the current frame.
+
+def _frame_table_cells(runs: list[ComparedRun], table, sampled: list[int]):
+    """A function of the grid point g: the columns of row 3's table at g, as text."""
     others = [f"cka_{run.label}" for run in runs]
 
     def table_cells(g: int) -> list[list[str]]:
         rows = table[table["frame"] == g]
         return [
-            list(rows["run"]), list(rows["model"]), [str(s) for s in rows["step"]],
+            [plotly_text(name) for name in rows["run"]], [plotly_text(model) for model in rows["model"]],
+            [str(s) for s in rows["step"]],
             [f"{100 * p:.0f}%" for p in rows["run_progress"]],
             [_format(v) for v in rows["knn_accuracy"]], [_format(v) for v in rows["silhouette"]],
             [_format(v) for v in rows["label_issue_auroc"]],
@@ -566,37 +609,39 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
             *[[_format(v) for v in rows[column]] for column in others],
         ]
 
+    return table_cells
+
+
+def _add_frame_table(figure, runs: list[ComparedRun], sampled: list[int], cells: list[list[str]]) -> int:
+    """Row 3: the table of the current grid point; returns its trace index."""
+    import plotly.graph_objects as go
+
     header = ["run", "model", "step", "progress", "kNN acc.", "silhouette", "label-issue AUROC",
-              *(["sample acc."] if sampled else []), *[f"CKA vs {run.label}" for run in runs]]
+              *(["sample acc."] if sampled else []), *[f"CKA vs {plotly_text(run.label)}" for run in runs]]
     figure.add_trace(go.Table(
         header=dict(values=[f"<b>{h}</b>" for h in header], fill_color="#eef1f5", align="left",
                     font=dict(size=12)),
-        cells=dict(values=table_cells(0), align="left", height=24, font=dict(size=12),
+        cells=dict(values=cells, align="left", height=24, font=dict(size=12),
                    fill_color="white", line_color="#e3e6ea"),
     ), row=3, col=1)
-    table_trace = len(figure.data) - 1
+    return len(figure.data) - 1
 
-    # Axes: equal aspect, no tick labels (the coordinates are arbitrary), fixed ranges so the
-    # view does not jump between frames; one shared range when the panels are aligned.
-    # Axes: a square range per panel and frame that just holds the cloud (frames are
-    # standardised, see display_frames, so this only removes the outliers' say in the zoom),
-    # equal aspect, no tick labels since the coordinates are arbitrary.
-    halves = 1.05 * np.stack([np.nanmax(np.abs(f), axis=(1, 2)) for f in frames])  # (R, G)
-    panel_axes = [figure.get_subplot(1, C * r + 1) for r in range(R)]
 
-    def panel_ranges(g: int) -> dict:
-        return {axis.plotly_name: {"range": [-float(halves[r, g]), float(halves[r, g])]}
-                for r, axes in enumerate(panel_axes) for axis in (axes.xaxis, axes.yaxis)}
-
+def _style_axes(figure, runs: list[ComparedRun], charts: list, halves: np.ndarray) -> None:
+    """Scatter panels: a square range per panel that just holds the cloud at the first grid
+    point (frames are standardised, see :func:`display_frames`, so this only removes the
+    outliers' say in the zoom), equal aspect, no tick labels since the coordinates are
+    arbitrary. Metric charts: progress from 0 to 100 %."""
+    R, C = len(runs), len(charts)
     for r in range(R):
         half = float(halves[r, 0])
         figure.update_xaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
                             showline=True, linecolor="#d0d4da", mirror=True, row=1, col=C * r + 1)
-        x_name = panel_axes[r].xaxis.plotly_name.replace("axis", "")
+        x_name = figure.get_subplot(1, C * r + 1).xaxis.plotly_name.replace("axis", "")
         figure.update_yaxes(range=[-half, half], showticklabels=False, zeroline=False, showgrid=False,
                             showline=True, linecolor="#d0d4da", mirror=True, row=1, col=C * r + 1,
                             scaleanchor=x_name, scaleratio=1, constrain="domain")
-    for chart in range(len(charts)):
+    for chart in range(C):
         figure.update_xaxes(range=[0, 100], tickvals=[0, 25, 50, 75, 100],
                             ticktext=["0%", "25%", "50%", "75%", "100%"],
                             title_text="training progress", title_font=dict(size=11), title_standoff=4,
@@ -604,7 +649,10 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
         figure.update_yaxes(gridcolor="#eceff3", row=2, col=chart * R + 1,
                             **({"range": [0, 1.02]} if charts[chart][0] == "sample_accuracy" else {}))
 
-    # The current position on the metric curves: one vertical line per chart.
+
+def _progress_cursor(figure, runs: list[ComparedRun], charts: list, percent: np.ndarray):
+    """A function of the grid point g: one dashed vertical line per metric chart at its progress."""
+    R = len(runs)
     chart_axes = [figure.get_subplot(2, chart * R + 1) for chart in range(len(charts))]
 
     def cursor(g: int) -> list[dict]:
@@ -613,26 +661,45 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
                      x0=percent[g], x1=percent[g], y0=0, y1=1, line=dict(color="#555", width=1, dash="dash"))
                 for axes in chart_axes]
 
+    return cursor
+
+
+def _animation_frames(figure, runs: list[ComparedRun], frames: list[np.ndarray], scatter_traces: list,
+                      table_trace: int, table_cells, halves: np.ndarray, cursor, *, columns: int) -> list:
+    """One plotly frame per grid point: the panels' points, the table, the cursor, the panels' ranges."""
+    import plotly.graph_objects as go
+
+    panel_axes = [figure.get_subplot(1, columns * r + 1) for r in range(len(runs))]
+
+    def panel_ranges(g: int) -> dict:
+        return {axis.plotly_name: {"range": [-float(halves[r, g]), float(halves[r, g])]}
+                for r, axes in enumerate(panel_axes) for axis in (axes.xaxis, axes.yaxis)}
+
     animated = [index for index, _, _ in scatter_traces] + [table_trace]
     animation_frames = []
-    for g in range(len(grid)):
+    for g in range(halves.shape[1]):
         data = [go.Scattergl(x=frames[r][g, ids, 0], y=frames[r][g, ids, 1]) for _, r, ids in scatter_traces]
         data.append(go.Table(cells=dict(values=table_cells(g))))
         animation_frames.append(go.Frame(data=data, traces=animated, name=str(g),
                                          layout={"shapes": cursor(g), **panel_ranges(g)}))
-    figure.frames = animation_frames
+    return animation_frames
 
+
+def _lay_out(figure, runs: list[ComparedRun], percent: np.ndarray, cursor, *, reference: int | None,
+             height: int) -> None:
+    """Title, legend, the play/pause buttons and the progress slider."""
+    n_samples = len(runs[0].samples)
     step_args = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
-    aligned_note = (f"panels aligned onto <b>{runs[reference].label}</b> (Procrustes)" if reference is not None
-                    else "each run in its own coordinates")
+    aligned_note = (f"panels aligned onto <b>{plotly_text(runs[reference].label)}</b> (Procrustes)"
+                    if reference is not None else "each run in its own coordinates")
     figure.update_layout(
         title=dict(
-            text=f"ftviz compare · {len(true)} probe samples · {aligned_note}<br><span style='font-size:12px;"
+            text=f"ftviz compare · {n_samples} probe samples · {aligned_note}<br><span style='font-size:12px;"
                  f"color:#666'>slider = training progress (each run's step / its total steps); colour = true "
                  f"class; × = label flipped on purpose</span>",
             x=0.01, font=dict(size=18),
         ),
-        height=total + 110 + 90, template="plotly_white", margin=dict(l=40, r=30, t=110, b=90),
+        height=height + 110 + 90, template="plotly_white", margin=dict(l=40, r=30, t=110, b=90),
         legend=dict(orientation="v", x=1.01, y=1.0, font=dict(size=11), itemsizing="constant"),
         shapes=cursor(0),
         hovermode="closest",
@@ -655,7 +722,6 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
     )
     for annotation in figure.layout.annotations:
         annotation.font = dict(size=13)
-    return figure
 
 
 # ---- entry point -------------------------------------------------------------------------

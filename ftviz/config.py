@@ -1,23 +1,141 @@
 """Experiment configuration: typed dataclasses, TOML files and strict ``--set key=value``.
 
-Unknown keys are errors (a typo must not silently run the default). The whole config is
-saved into ``run.json`` so a run always says how it was made.
+Unknown keys are errors (a typo must not silently run the default). Each section declares
+its defaults as field values and its allowed values beside them (``constraints``, as
+scikit-learn declares ``_parameter_constraints``; ``rules`` for checks that tie fields
+together); :func:`validate` checks every section in one place. The whole config is saved
+into ``run.json`` (:meth:`ExperimentConfig.to_dict`) and rebuilt from it with
+:func:`config_from_manifest`, so a run always says how it was made.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 from ftviz.errors import FtvizError
 
 
+# ---------------------------------------------------------------------------------------
+# Constraints: what a field accepts, and how to say so in one line
+# ---------------------------------------------------------------------------------------
+class Options:
+    """One of a fixed set of values."""
+
+    def __init__(self, *choices: Any):
+        self.choices = choices
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.choices
+
+    def __str__(self) -> str:
+        quoted = [repr(choice) for choice in self.choices]
+        return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+class Interval:
+    """A number of type ``kind`` (int, or float which also takes ints) from ``low`` to ``high``.
+
+    ``None`` leaves that side open-ended; ``closed`` ("both", "left", "right", "neither")
+    says which of the given ends belong to the interval.
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *, closed: str = "both"):
+        self.kind, self.low, self.high, self.closed = kind, low, high, closed
+
+    def accepts(self, value: Any) -> bool:
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
+            return False
+        if self.high is not None and (value > self.high or (value == self.high and self.closed in ("left", "neither"))):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        low_in, high_in = self.closed in ("both", "left"), self.closed in ("both", "right")
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'[' if low_in else '('}{self.low}, {self.high}{']' if high_in else ')'}"
+        if self.low is not None:
+            return f"{what} {'>=' if low_in else '>'} {self.low}"
+        if self.high is not None:
+            return f"{what} {'<=' if high_in else '<'} {self.high}"
+        return what
+
+
+class Satisfies:
+    """Whatever ``predicate`` accepts; ``text`` says what that is (after "must be")."""
+
+    def __init__(self, predicate: Callable[[Any], bool], text: str):
+        self.predicate, self.text = predicate, text
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            return bool(self.predicate(value))
+        except (TypeError, ValueError):
+            return False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _is_frame_reference(value: Any) -> bool:
+    """A Procrustes reference name, or a frame index as an int or a string such as "-1"."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int) or value in PROJECT_REFERENCES:
+        return True
+    return isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+
+
+DEVICE = Satisfies(lambda value: value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value),
+                   "'auto', 'cpu', 'cuda' or 'cuda:N'")
+PRECISIONS = Options("auto", "fp32", "bf16")
+# Choices that modules outside this file show or branch on (imported from here, declared once).
+PROJECT_METHODS = ("pca", "tsne", "umap")
+PROJECT_BASES = ("per_frame", "shared")
+PROJECT_REFERENCES = ("previous", "first", "last", "consensus")
+COLOR_BY = ("label", "prediction", "outlier_score", "label_issue", "noise", "suspicion")
+
+
+class Section:
+    """What every config section shares: its declared constraints and cross-field rules.
+
+    ``constraints`` maps a field to what it accepts; ``rules`` are (predicate on the
+    section, one-line message) pairs for checks that read several fields.
+    """
+
+    constraints: ClassVar[dict[str, Any]] = {}
+    rules: ClassVar[tuple[tuple[Callable[[Any], bool], str], ...]] = ()
+
+
+def check_section(section: Section, prefix: str = "") -> None:
+    """Raise :class:`FtvizError` (one line naming the key and what it accepts) for the first bad value.
+
+    ``prefix`` is the section's name in the config ("score" for ``score.k``; "" at the top).
+    """
+    dotted = f"{prefix}." if prefix else ""
+    for key, constraint in type(section).constraints.items():
+        value = getattr(section, key)
+        if not constraint.accepts(value):
+            raise FtvizError(f"{dotted}{key} must be {constraint}, got {value!r}")
+    for predicate, message in type(section).rules:
+        if not predicate(section):
+            raise FtvizError(message)
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
 @dataclass
-class DataConfig:
-    dataset: str = "digits"  # digits | cifar10 | imagefolder | synthetic
+class DataConfig(Section):
+    dataset: str = "digits"  # digits | cifar10 | imagefolder | synthetic (checked by ftviz.data's registry)
     path: str = ""  # local folder for cifar10 (cifar-10-batches-py) or imagefolder
     noise_rate: float = 0.1  # fraction of labels flipped to another class, recorded
     noise: str = "symmetric"  # symmetric (uniform other class) | asymmetric (most confused class)
@@ -27,17 +145,35 @@ class DataConfig:
     test_fraction: float = 0.2  # for datasets without an official split (digits, imagefolder)
     image_size: int = 32  # digits and synthetic are rendered at this size
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "noise_rate": Interval(float, 0, 1, closed="left"),
+        "noise": Options("symmetric", "asymmetric"),
+        "probe": Options("train", "test"),
+        "probe_size": Interval(int, 0),
+        "train_size": Interval(int, 0),
+        "test_fraction": Interval(float, 0, 1, closed="neither"),
+        "image_size": Interval(int, 1),
+    }
+
+    def known_probe_size(self) -> int | None:
+        """The probe set's size where the config alone fixes it, else None (known after loading)."""
+        if self.probe_size > 0:
+            return self.probe_size  # exact: a split too small for it is an error, not a cap
+        if self.probe == "train" and self.train_size > 0:
+            return self.train_size
+        return None
+
 
 @dataclass
-class ModelConfig:
-    name: str = "vit_tiny"
+class ModelConfig(Section):
+    name: str = "vit_tiny"  # checked by the model registry (ftviz models lists the names)
     pretrained: str = ""  # hub id or local directory; "" = the registry default
     # Architecture overrides for the registry function (e.g. {hidden_size = 64}).
     options: dict = field(default_factory=dict)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     epochs: float = 3.0
     batch_size: int = 32
     grad_accum: int = 1  # effective batch = batch_size * grad_accum
@@ -51,26 +187,60 @@ class TrainConfig:
     embed_precision: str = "auto"  # auto | fp32 | bf16, for the probe snapshots
     save_weights: str = "latest"  # latest | none | all (every snapshot, large)
     max_steps: int = 0  # 0 = from epochs
+    follow: bool = True  # analyse each snapshot as it lands, in a process apart (ftviz/follow.py)
+
+    constraints: ClassVar[dict[str, Any]] = {
+        "epochs": Interval(float, 0),
+        "batch_size": Interval(int, 1),
+        "grad_accum": Interval(int, 1),
+        "lr": Interval(float, 0, closed="neither"),
+        "weight_decay": Interval(float, 0),
+        "warmup_ratio": Interval(float, 0, 1),
+        "snapshot_every": Interval(int, 1),
+        "eval_batch_size": Interval(int, 1),
+        "device": DEVICE,
+        "precision": PRECISIONS,
+        "embed_precision": PRECISIONS,
+        "save_weights": Options("latest", "none", "all"),
+        "max_steps": Interval(int, 0),
+    }
+    rules: ClassVar[tuple] = (
+        (lambda s: s.epochs > 0 or s.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)"),
+    )
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(Section):
     k: int = 10  # neighbours for the outlier score
     top: int = 8  # outliers shown per frame
     method: str = "auto"  # auto | knn (blocked matmul, same values) | cleanlab (OutOfDistribution as is)
     device: str = "auto"  # where the knn method runs: auto | cpu | cuda
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "k": Interval(int, 1),
+        "top": Interval(int, 0),
+        "method": Options("auto", "knn", "cleanlab"),
+        "device": DEVICE,
+    }
+
 
 @dataclass
-class DetectConfig:
+class DetectConfig(Section):
     rule: str = "auto"  # auto (history if the probe is trained on, else last) | history | last
     learnt_fraction: float = 0.8  # history from the first snapshot at this share of the best probe accuracy
     min_flagged: float = 0.2  # memorised issue: Cleanlab flagged it at this share of the learnt snapshots
     knn: int = 10  # neighbours of the kNN label shares mixed into the last frame's probabilities
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "rule": Options("auto", "history", "last"),
+        "learnt_fraction": Interval(float, 0, 1, closed="right"),
+        "min_flagged": Interval(float, 0, 1),
+        "knn": Interval(int, 1),
+    }
+
 
 @dataclass
-class ProjectConfig:
+class ProjectConfig(Section):
     method: str = "pca"  # pca | tsne (openTSNE) | umap (umap-learn): t-SNE/UMAP need ftviz[projection]
     basis: str = "per_frame"  # PCA: per_frame (the article) | shared (one PCA of all frames)
     reference: str = "previous"  # Procrustes reference, see ftviz.align.align_sequence
@@ -84,9 +254,26 @@ class ProjectConfig:
     perplexity: float = 30.0  # t-SNE
     neighbors: int = 15  # UMAP n_neighbors
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "method": Options(*PROJECT_METHODS),
+        "basis": Options(*PROJECT_BASES),
+        "reference": Satisfies(_is_frame_reference, f"{Options(*PROJECT_REFERENCES)} or a frame index"),
+        "knn": Interval(int, 1),
+        "knn_sample": Interval(int, 1),
+        "first_iter": Interval(int, 0),
+        "iter": Interval(int, 0),
+        "last_iter": Interval(int, 0),
+        "perplexity": Interval(float, 0, closed="neither"),
+        "neighbors": Interval(int, 2),
+    }
+    rules: ClassVar[tuple] = (
+        (lambda s: s.first_iter > 0 or s.method == "pca",
+         "project.first_iter must be > 0 for t-SNE and UMAP (the first frame starts from scratch)"),
+    )
+
 
 @dataclass
-class RenderConfig:
+class RenderConfig(Section):
     color_by: str = "label"  # label | prediction | outlier_score | label_issue | noise | suspicion (detect stage)
     point_size: float = 5.0
     frame_ms: int = 400  # playback: time per snapshot (GIF/MP4 too)
@@ -99,9 +286,32 @@ class RenderConfig:
     video_height: int = 720
     video_tween: int = 3  # eased in-between images per transition in GIF/MP4
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "color_by": Options(*COLOR_BY),
+        "point_size": Interval(float, 0, closed="neither"),
+        "frame_ms": Interval(int, 1),
+        "thumbnails": Satisfies(lambda value: isinstance(value, bool), "true or false"),
+        "transition_ms": Interval(int, 0),
+        "axes": Options("fixed", "per_frame"),
+        "thumbnail_size": Interval(int, 1),
+        "thumbnail_format": Options("auto", "png", "jpeg"),
+        "video_width": Interval(int, 320),
+        "video_height": Interval(int, 240),
+        "video_tween": Interval(int, 0),
+    }
+
+
+def plain_run_name(value: Any) -> bool:
+    """Whether ``value`` is a run name that stays a folder inside out_dir (used by
+    :func:`ftviz.runs.check_run_name` too)."""
+    import unicodedata
+
+    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+            and not any(unicodedata.category(ch)[0] == "C" for ch in value))
+
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     name: str = "vit-digits"
     seed: int = 0
     out_dir: str = "runs"
@@ -113,6 +323,11 @@ class ExperimentConfig:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
+    constraints: ClassVar[dict[str, Any]] = {
+        "name": Satisfies(plain_run_name, "a plain folder name (not '.' or '..', no '/' or '\\', no control characters)"),
+        "seed": Interval(int, 0),
+    }
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
@@ -120,7 +335,38 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "ExperimentConfig":
+        """The config that :meth:`to_dict` wrote (or any part of it: missing keys keep their
+        defaults), checked like a TOML file: unknown keys and bad values are errors."""
+        config = cls()
+        apply_values(config, values)
+        validate(config)
+        return config
 
+
+def config_from_manifest(manifest: dict) -> ExperimentConfig:
+    """The config a run was made with, from its ``run.json`` (the manifest's "config")."""
+    return ExperimentConfig.from_dict(manifest.get("config", {}))
+
+
+def check_probe_size(config: ExperimentConfig, probe_size: int) -> None:
+    """Once the probe set is loaded (its size is not always in the config): the settings it must fit.
+
+    Call right after the splits are loaded, before training; :func:`validate` already does it
+    where the config fixes the size (``data.probe_size``, or ``data.train_size`` for a probe
+    drawn from the training split).
+    """
+    if config.score.k >= probe_size:
+        raise FtvizError(
+            f"score.k = {config.score.k} but the probe set has {probe_size} samples; "
+            f"set score.k to at most {probe_size - 1} (the outlier score needs more than k samples)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Values from TOML, run.json and --set
+# ---------------------------------------------------------------------------------------
 def _coerce(value: Any, current: Any, key: str) -> Any:
     """Convert ``value`` to the type of the field's default, or explain why not."""
     if isinstance(current, bool):
@@ -148,7 +394,12 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     return value
 
 
-def _apply(target: Any, values: dict, prefix: str) -> None:
+def apply_values(target: Any, values: dict, prefix: str = "") -> None:
+    """Set ``values`` (nested dicts, as in TOML or run.json) on ``target`` in place, strictly.
+
+    Unknown keys and values of the wrong type are errors; call :func:`validate` after.
+    ``target`` is an :class:`ExperimentConfig` (or a section, with ``prefix`` "score." etc.).
+    """
     names = {f.name for f in dataclasses.fields(target)}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
@@ -160,7 +411,7 @@ def _apply(target: Any, values: dict, prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise FtvizError(f"config key {dotted!r} is a section; use [{dotted}] or {dotted}.KEY")
-            _apply(current, value, f"{dotted}.")
+            apply_values(current, value, f"{dotted}.")
         else:
             setattr(target, key, _coerce(value, current, dotted))
 
@@ -189,7 +440,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             values = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise FtvizError(f"{path} is not valid TOML: {error}") from None
-        _apply(config, values, "")
+        apply_values(config, values)
         if "name" not in values:
             config.name = path.stem
     apply_overrides(config, overrides or [])
@@ -204,35 +455,25 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> None:
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        _apply(config, nested, "")
+        apply_values(config, nested)
+
+
+def sections(config: ExperimentConfig) -> dict[str, Section]:
+    """The config's sections by name ("data", "model", ..., "render")."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if isinstance(getattr(config, f.name), Section)}
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Range checks that TOML types cannot express."""
-    checks = [
-        (0.0 <= config.data.noise_rate < 1.0, "data.noise_rate must be in [0, 1)"),
-        (config.data.noise in ("symmetric", "asymmetric"),
-         f"data.noise must be 'symmetric' or 'asymmetric', got {config.data.noise!r}"),
-        (config.data.probe in ("train", "test"), "data.probe must be 'train' or 'test'"),
-        (config.train.epochs > 0 or config.train.max_steps > 0, "train.epochs must be > 0"),
-        (config.train.batch_size > 0, "train.batch_size must be > 0"),
-        (config.train.grad_accum > 0, "train.grad_accum must be > 0"),
-        (config.train.snapshot_every > 0, "train.snapshot_every must be > 0"),
-        (config.train.precision in ("auto", "fp32", "bf16"), "train.precision: auto, fp32 or bf16"),
-        (config.train.embed_precision in ("auto", "fp32", "bf16"), "train.embed_precision: auto, fp32 or bf16"),
-        (config.train.save_weights in ("latest", "none", "all"), "train.save_weights: latest, none or all"),
-        (config.score.k > 0, "score.k must be > 0"),
-        (config.detect.rule in ("auto", "history", "last"), "detect.rule: auto, history or last"),
-        (0.0 < config.detect.learnt_fraction <= 1.0, "detect.learnt_fraction must be in (0, 1]"),
-        (0.0 <= config.detect.min_flagged <= 1.0, "detect.min_flagged must be in [0, 1]"),
-        (config.detect.knn >= 1, "detect.knn must be >= 1"),
-        (config.score.method in ("auto", "knn", "cleanlab"), "score.method: auto, knn or cleanlab"),
-        (bool(config.name) and "/" not in config.name, "name must be a plain folder name"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FtvizError(message)
-    from ftviz.project import check_config  # numpy only; the stage module owns its section's rules
+    """Check every section's declared constraints and rules, then the cross-section ones.
 
-    check_config(config.project, libraries=False)
-
+    Raises :class:`FtvizError` with one line naming the first bad key and what it accepts.
+    Libraries a setting needs (openTSNE for ``project.method = "tsne"``) are checked by the
+    stage that uses them, so ``ftviz score`` does not ask for them.
+    """
+    for name, section in sections(config).items():
+        check_section(section, name)
+    check_section(config)
+    probe_size = config.data.known_probe_size()
+    if probe_size is not None:  # else check_probe_size runs once the splits are loaded
+        check_probe_size(config, probe_size)

@@ -44,7 +44,9 @@ import warnings
 
 import numpy as np
 
+from ftviz.config import DetectConfig, check_section
 from ftviz.errors import FtvizError
+from ftviz.numerics import auroc_against_noise, knn_label_shares, softmax
 
 # Column -> +1 if a high value is suspicious, -1 if a low one is (for AUROC and ranking).
 DIRECTION = {
@@ -72,14 +74,6 @@ def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[2]):
         raise ValueError(f"labels must lie in 0..{logits.shape[2] - 1}")
     return logits, labels
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in float64 (any leading shape)."""
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def given_logit_margins(*, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -179,42 +173,10 @@ def ensembled_label_quality(*, logits: np.ndarray, labels: np.ndarray) -> tuple[
     return label_quality(probs=softmax(logits).mean(axis=0), labels=labels)
 
 
-def knn_label_shares(*, embedding: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 10,
-                     block: int = 2048) -> np.ndarray:
-    """Share of each class among the given labels of every sample's k nearest other samples
-    (cosine, brute force as blocked matrix products with a top-k per block, on the CPU like
-    :func:`ftviz.quality.cosine_knn_distances`): the kNN classifier on the embedding.
-
-    Returns (N, C) float64, rows sum to 1 (k is capped at N - 1).
-    """
-    import torch
-
-    labels = np.asarray(labels, dtype=np.int64)
-    count = len(labels)
-    k = min(k, count - 1)
-    shares = np.zeros((count, num_classes))
-    if k < 1:
-        shares[np.arange(count), labels] = 1.0
-        return shares
-    X = torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32))
-    norms = X.norm(dim=1, keepdim=True)
-    X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
-    neighbours = np.empty((count, k), dtype=np.int64)
-    with torch.inference_mode():
-        for start in range(0, count, block):
-            similarity = X[start : start + block] @ X.T  # (B, N)
-            rows = torch.arange(similarity.shape[0])
-            similarity[rows, rows + start] = -torch.inf  # a point is not its own neighbour
-            neighbours[start : start + block] = similarity.topk(k, dim=1).indices.numpy()
-    for c in range(num_classes):
-        shares[:, c] = (labels[neighbours] == c).mean(axis=1)
-    return shares
-
-
 def knn_mixed_probabilities(*, logits: np.ndarray, embedding: np.ndarray | None, labels: np.ndarray,
                             k: int = 10) -> np.ndarray:
     """An ensemble of two classifiers of one snapshot: the mean of the network's softmax (N, C)
-    and the kNN label shares in its embedding (:func:`knn_label_shares`). Cleanlab's estimates are
+    and the kNN label shares in its embedding (:func:`ftviz.numerics.knn_label_shares`). Cleanlab's estimates are
     only as good as the probabilities it is given; the kNN vote errs differently from the head
     (it reads the neighbours' labels, not the decision boundary) and the average of the two
     measured better than either on the digits (default run: AP 0.953 -> 0.956, and Cleanlab's
@@ -501,12 +463,12 @@ def detect(
 def detector_scores(*, score: np.ndarray, flags: np.ndarray | None, is_noisy: np.ndarray) -> dict:
     """AUROC and average precision of ``score`` (high = suspicious), and precision, recall and F1
     of ``flags``, against the injected noise ``is_noisy``. NaN where undefined."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
     is_noisy = np.asarray(is_noisy, dtype=bool)
     both = 0 < is_noisy.sum() < len(is_noisy)
     out = {
-        "auroc": float(roc_auc_score(is_noisy, score)) if both else float("nan"),
+        "auroc": auroc_against_noise(score, is_noisy),
         "average_precision": float(average_precision_score(is_noisy, score)) if both else float("nan"),
         "precision": float("nan"), "recall": float("nan"), "f1": float("nan"), "n_flagged": None,
     }
@@ -549,18 +511,22 @@ def load_logits(run, steps) -> np.ndarray:
 
 
 def frame_scores(run, scores, steps, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T, N) label quality, (T, N) issue flags and (N,) last outlier score from scores.parquet."""
-    table = scores.sort_values(["step", "id"])
-    if len(table) != len(steps) * count or not np.array_equal(np.unique(table["step"]), np.sort(steps)):
+    """(T, N) label quality, (T, N) issue flags and (N,) last outlier score from scores.parquet
+    (:meth:`ftviz.rundir.RunDir.frame_scores`; every (step, id) must have its row)."""
+    per_frame = run.frame_scores(["label_quality", "is_label_issue", "outlier_score"], steps=steps, count=count,
+                                 scores=scores, complete=True)
+    return per_frame["label_quality"], per_frame["is_label_issue"], per_frame["outlier_score"][-1]
+
+
+def _check_finite(run, steps, history: np.ndarray, what: str) -> None:
+    """One line naming the first snapshot whose ``history`` (T, N, ...) holds NaN or infinity."""
+    finite = np.isfinite(history).reshape(len(history), -1).all(axis=1)
+    if not finite.all():
+        step = steps[int(np.argmin(finite))]
         raise FtvizError(
-            f"{run.path}: scores.parquet does not hold {count} samples at each of the {len(steps)} "
-            f"snapshots; rerun `ftviz score {run.path}`"
+            f"{run.path}: snapshot step {step} holds NaN or infinite {what} (training diverged); "
+            "rerun training with a lower train.lr"
         )
-    shape = (len(steps), count)
-    quality = table["label_quality"].to_numpy(np.float64).reshape(shape)
-    flags = table["is_label_issue"].to_numpy(bool).reshape(shape)
-    outlier = table["outlier_score"].to_numpy(np.float64).reshape(shape)[-1]
-    return quality, flags, outlier
 
 
 def probe_is_trained_on(manifest: dict) -> bool:
@@ -568,11 +534,11 @@ def probe_is_trained_on(manifest: dict) -> bool:
     return manifest.get("config", {}).get("data", {}).get("probe", "train") == "train"
 
 
-def detect_run(run, config=None, *, progress: bool = True) -> None:
+def detect_run(run, section: DetectConfig, *, progress: bool = True) -> None:
     """The "detect" stage: write ``suspicion.parquet`` and, under injected noise, ``detectors.parquet``.
 
-    Reads ``snapshots/`` (logits; the embedding of the last one), ``samples.parquet`` and ``scores.parquet``; ``config``
-    is a :class:`ftviz.config.DetectConfig` (None = defaults).
+    Reads ``snapshots/`` (logits; the embedding of the last one), ``samples.parquet`` and ``scores.parquet``; ``section``
+    holds the ``[detect]`` settings.
     """
     import pandas as pd
 
@@ -580,12 +546,8 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
 
     run.require("train")
     run.require("score")
-    rule = getattr(config, "rule", "auto")
-    fraction = getattr(config, "learnt_fraction", 0.8)
-    min_flagged = getattr(config, "min_flagged", 0.2)
-    knn = getattr(config, "knn", 10)
-    if rule not in ("auto", "history", "last"):
-        raise FtvizError(f"detect.rule must be auto, history or last, got {rule!r}")
+    check_section(section, "detect")  # a section built in code never met ftviz.config.validate
+    rule, fraction, min_flagged, knn = section.rule, section.learnt_fraction, section.min_flagged, section.knn
     manifest = run.manifest()
     trained_on = probe_is_trained_on(manifest) if rule == "auto" else rule == "history"
     with run.stage("detect", rule=rule, history=trained_on) as record:
@@ -599,9 +561,11 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
             raise FtvizError(
                 f"{run.path}: snapshots hold {logits.shape[1]} samples, samples.parquet {count}; rerun training"
             )
+        _check_finite(run, steps, logits, "logits")
         quality, frame_flags, outlier = frame_scores(run, run.scores(), steps, count)
         labels = samples["given_label"].to_numpy(np.int64)
         embedding = run.load_snapshot(steps[-1])[0].astype(np.float32)  # the kNN half of the mixed probabilities
+        _check_finite(run, steps[-1:], embedding[None], "embedding")
         columns, flags = detect(
             logits=logits, labels=labels, steps=steps, frame_quality=quality, frame_flags=frame_flags,
             outlier_score=outlier, embedding=embedding, probe_trained_on=trained_on, learnt_fraction=fraction,
@@ -625,14 +589,12 @@ def detect_run(run, config=None, *, progress: bool = True) -> None:
 
 # ---- readers ----------------------------------------------------------------------------------
 def load_suspicion(run):
-    """``suspicion.parquet`` of ``run``; a MissingStageError naming ``ftviz detect`` unless the
-    detect stage is done (a stale file was computed from scores that have been replaced)."""
-    run.require("detect")
-    return run.read_parquet("suspicion.parquet", "detect")
+    """``suspicion.parquet`` of ``run`` (:meth:`ftviz.rundir.RunDir.suspicion`: the detect stage
+    must be done)."""
+    return run.suspicion()
 
 
 def load_detectors(run):
-    """``detectors.parquet`` of ``run``, or None when the run injected no noise."""
-    if not run.file("detectors.parquet").is_file():
-        return None
-    return run.read_parquet("detectors.parquet")
+    """``detectors.parquet`` of ``run``, or None when the run injected no noise
+    (:meth:`ftviz.rundir.RunDir.detectors`)."""
+    return run.detectors()

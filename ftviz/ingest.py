@@ -19,9 +19,10 @@ Label noise: ingestion defaults to ``data.noise_rate = 0`` because the model was
 the dataset's own labels; a non-zero rate flips *probe* labels after the fact, which the
 model never saw, so label-issue detection is then easier than in a run ftviz trained.
 
-Models: ViT checkpoints use :class:`ftviz.models.vit.ViTProbe` (CLS token after the final
-layer norm); any other ``AutoModelForImageClassification`` with a linear ``classifier``
-(Swin, DeiT, ConvNeXt, ...) uses the classifier's input as the embedding.
+Models (:func:`ftviz.models.hf.wrap_model`): ViT checkpoints use
+:class:`ftviz.models.vit.ViTProbe` (CLS token after the final layer norm); any other
+``AutoModelForImageClassification`` with a linear ``classifier`` (Swin, DeiT, ConvNeXt, ...)
+uses the classifier's input as the embedding.
 """
 
 from __future__ import annotations
@@ -167,132 +168,6 @@ def check_labels(model_config, class_names: list[str], dataset: str, where: Path
         "ftviz assumes the same order")
 
 
-def _classifier_probe(hf_model, settings):
-    """A ProbeModel for any image classifier with a linear ``classifier``: embedding = its input."""
-    from torch import nn
-
-    from ftviz.models.base import ProbeModel
-
-    head = getattr(hf_model, "classifier", None)
-    if not isinstance(head, nn.Linear):
-        raise FtvizError(
-            f"{type(hf_model).__name__} has no linear `classifier` head; ftviz ingests ViT, Swin and "
-            "other image classifiers whose head is one nn.Linear"
-        )
-
-    class HeadInputProbe(ProbeModel):
-        def __init__(self):
-            super().__init__(image_size=settings.size, mean=settings.mean, std=settings.std)
-            self.hf_model = hf_model
-            self.num_classes = head.out_features
-            self.embedding_dim = head.in_features
-            self._captured = None
-
-        def _capture(self, module, inputs, output):
-            self._captured = inputs[0]
-
-        def embed(self, pixel_values):
-            # Hooked only while probing: in training the hook would hold the last batch's
-            # activations (and their graph) between steps.
-            handle = head.register_forward_hook(self._capture)
-            try:
-                logits = self.hf_model(pixel_values=pixel_values).logits
-            finally:
-                handle.remove()
-            embedding = self._captured.reshape(len(pixel_values), -1)
-            self._captured = None
-            return embedding, logits
-
-        def save_pretrained(self, directory) -> None:
-            self.hf_model.save_pretrained(directory)
-
-    return HeadInputProbe()
-
-
-def wrap_model(hf_model, settings, processor_config: dict | None = None):
-    """The ProbeModel for a loaded transformers image classifier.
-
-    ``processor_config`` (the image processor's dict) adds what :class:`ProcessorSettings`
-    leaves out: a resize beyond the input size followed by a centre crop (ConvNeXt's
-    ``crop_pct``, DeiT's ``crop_size``) and bicubic resampling.
-    """
-    if hf_model.config.model_type == "vit" and hasattr(hf_model, "vit"):
-        from ftviz.models.vit import ViTProbe
-
-        probe = ViTProbe(hf_model, image_size=settings.size, mean=settings.mean, std=settings.std)
-    else:
-        probe = _classifier_probe(hf_model, settings)
-    resize, mode = processor_geometry(processor_config, settings.size)
-    if resize != settings.size or mode != "bilinear":
-        probe = _cropped_probe(probe, resize, mode)
-    return probe
-
-
-# PIL resample codes that image processors store -> torch's interpolation modes
-_RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
-
-
-def processor_geometry(config: dict | None, input_side: int) -> tuple[int, str]:
-    """(side the processor resizes to before its centre crop, interpolation) for ``config``.
-
-    ConvNeXt resizes the shortest edge to ``shortest_edge / crop_pct`` below 384 px, then crops
-    ``shortest_edge``; processors with ``do_center_crop`` resize to ``size`` then crop
-    ``crop_size``; the others resize straight to the input side (returned as is).
-    """
-    if not config:
-        return int(input_side), "bilinear"
-    mode = _RESAMPLE_MODES.get(int(config.get("resample") or 2), "bilinear")
-    size = config.get("size") or {}
-    resize = int(input_side)
-    if config.get("do_resize", True) is False:
-        return resize, mode
-    if isinstance(size, dict) and size.get("shortest_edge") and config.get("crop_pct"):
-        edge = int(size["shortest_edge"])
-        if edge < 384:
-            resize = int(edge / float(config["crop_pct"]))
-    elif config.get("do_center_crop") and config.get("crop_size"):
-        from ftviz.models.hub import _side
-
-        resize = _side(size, input_side)
-    return max(resize, int(input_side)), mode
-
-
-def _cropped_probe(inner, resize_side: int, mode: str):
-    """``inner`` with its images resized to ``resize_side`` with ``mode``, then centre-cropped
-    to its input side, as the model's image processor does."""
-    import torch.nn.functional as F
-
-    from ftviz.models.base import ProbeModel
-
-    class CroppedProbe(ProbeModel):
-        def __init__(self):
-            super().__init__(image_size=inner.image_size, mean=inner.pixel_mean.flatten().tolist(),
-                             std=inner.pixel_std.flatten().tolist())
-            self.inner = inner
-            self.resize_side = int(resize_side)
-            self.mode = mode
-            self.num_classes = inner.num_classes
-            self.embedding_dim = inner.embedding_dim
-
-        def preprocess(self, images):
-            pixels = images.permute(0, 3, 1, 2).float().div_(255.0)
-            side = self.resize_side
-            if tuple(pixels.shape[-2:]) != (side, side):
-                pixels = F.interpolate(pixels, size=(side, side), mode=self.mode, align_corners=False, antialias=True)
-                pixels = pixels.clamp_(0.0, 1.0)  # bicubic overshoots; processors round to uint8 in [0, 255]
-            top = (side - self.image_size) // 2
-            pixels = pixels[..., top : top + self.image_size, top : top + self.image_size]
-            return (pixels - self.pixel_mean) / self.pixel_std
-
-        def embed(self, pixel_values):
-            return self.inner.embed(pixel_values)
-
-        def save_pretrained(self, directory) -> None:
-            self.inner.save_pretrained(directory)
-
-    return CroppedProbe()
-
-
 def load_classifier(checkpoint: Checkpoint):
     """``AutoModelForImageClassification.from_pretrained`` in float32, errors as one line."""
     import torch
@@ -340,11 +215,13 @@ def ingest_checkpoints(
     """
     from tqdm.auto import tqdm
 
+    from ftviz.config import check_probe_size
     from ftviz.data import load_splits
     from ftviz.embed import resolve_device
+    from ftviz.models.hf import wrap_model
     from ftviz.models.hub import load_processor_settings, read_processor_config
-    from ftviz.pipeline import new_run_manifest, prepare_run, write_samples
     from ftviz.recorder import Recorder
+    from ftviz.runs import run_path
 
     folder = Path(checkpoints_dir).expanduser()
     # Everything that can be wrong with the input is checked before the run folder is touched.
@@ -355,6 +232,7 @@ def ingest_checkpoints(
     config.model.name = model_config.model_type  # what was ingested, recorded in run.json
     config.model.pretrained = str(folder.resolve())
     splits = load_splits(config.data, seed=config.seed)
+    check_probe_size(config, len(splits.probe))
     check_labels(model_config, splits.class_names, config.data.dataset, checkpoints[0].path, log)
     device = resolve_device(config.train.device)
 
@@ -371,29 +249,26 @@ def ingest_checkpoints(
     first_settings = settings_for(checkpoints[0])
     hf_model = load_classifier(checkpoints[0])
     model = wrapped(hf_model, first_settings)
-    run, resuming = prepare_run(config, force=force)
-    if not resuming:
-        manifest = new_run_manifest(
-            config, splits, model, hf_model=hf_model,
-            source={
-                "kind": "hf_trainer_checkpoints",
-                "path": str(folder.resolve()),
-                "checkpoints": [c.path.name for c in checkpoints],
-                "trainer_state": str(history_path) if history_path else None,
-                "processor": {"origin": first_settings.origin, "size": first_settings.size,
-                              "mean": list(first_settings.mean), "std": list(first_settings.std)},
-                "base_processor": processor or None,
-            },
-        )
-        manifest["model"]["model_type"] = model_config.model_type
-        run.create(manifest)
-    if resuming or not run.file("samples.parquet").is_file() or not run.file("probe_images.npy").is_file():
-        write_samples(run, splits)  # deterministic from config and seed: safe to write again
+    recorder = Recorder(run_path(config.out_dir, config.name), probe_images=splits.probe.images,
+                        probe_labels=splits.probe.labels, class_names=splits.class_names,
+                        probe_true_labels=splits.probe_true_labels, config=config, probe_split="probe",
+                        batch_size=config.train.eval_batch_size, precision=config.train.embed_precision)
+    source = {
+        "kind": "hf_trainer_checkpoints",
+        "path": str(folder.resolve()),
+        "checkpoints": [c.path.name for c in checkpoints],
+        "trainer_state": str(history_path) if history_path else None,
+        "processor": {"origin": first_settings.origin, "size": first_settings.size,
+                      "mean": list(first_settings.mean), "std": list(first_settings.std)},
+        "base_processor": processor or None,
+    }
+    # The checkpoints are the user's: the run folder may lie neither inside them nor around them.
+    resuming = recorder.open(model, hf_model=hf_model, force=force, keep_out=(folder,),
+                             force_hint="pass --force to replace it", source=source,
+                             train_size=len(splits.train), noise_map=splits.noise_map,
+                             model_info={"model_type": model_config.model_type})
+    run = recorder.run
 
-    recorder = Recorder(run, probe_images=splits.probe.images, probe_labels=splits.probe.labels,
-                        class_names=splits.class_names, probe_true_labels=splits.probe_true_labels,
-                        config=config, probe_split="probe", batch_size=config.train.eval_batch_size,
-                        precision=config.train.embed_precision)
     done = recorder.restore(logged=[])
     todo = [c for c in checkpoints if c.step not in done]
     log(f"ftviz: {'resuming' if resuming else 'embedding'} {len(todo)} of {len(checkpoints)} checkpoints "
@@ -431,8 +306,9 @@ def ingest_checkpoints(
         finally:
             bar.close()
         # The Trainer's loss curve first, then the probe rows, step by step.
-        recorder.rows = rows + [r for r in recorder.rows if r["split"] == "probe"]
+        recorder.set_logged(rows)
         recorder.write_metrics()
         final = recorder.rows[-1] if recorder.rows else {}
         record.update(snapshots=len(recorder.snapshot_steps), final_true_accuracy=final.get("true_accuracy"))
+    recorder.wait_for_analysis()
     return run

@@ -13,7 +13,10 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     import torch
 
     from ftviz import distributed
+    from ftviz.config import check_probe_size
     from ftviz.data import load_splits
+    from ftviz.embed import resolve_device
+    from ftviz.follow import start_follower, stop_follower, wait_for_follower
     from ftviz.models import create_model
     from ftviz.runs import Probe, new_run_manifest, open_run, run_path
     from ftviz.train import train
@@ -22,6 +25,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     run_path(config.out_dir, config.name)  # a name that could reach outside out_dir: refused before any work
     # Data and model first: bad input must fail before an existing run is touched (--force).
     splits = load_splits(config.data, seed=config.seed)
+    check_probe_size(config, len(splits.probe))  # k neighbours need more than k probe images
     torch.manual_seed(config.seed)
     model = create_model(
         config.model.name,
@@ -49,10 +53,18 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         log, progress = (lambda *_: None), False
     log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "
         f"({len(splits.train)} train, {len(splits.probe)} probe) -> {run.path}")
+    follower = None
     if run.stage_status("train") != "done":
-        train(run, config, splits, model, progress=progress)
+        if rank == 0:  # analysis of each frame as it lands, in a process apart
+            follower = start_follower(run, device=str(resolve_device(config.train.device)))
+        try:
+            train(run, config, splits, model, progress=progress)
+        except BaseException:
+            stop_follower(follower)  # its frames stay: the rerun keeps them
+            raise
     if rank != 0:
         return run
+    wait_for_follower(follower)
     continue_run(run, config, progress=progress, log=log)
     log(f"ftviz: done in {time.perf_counter() - started:.1f} s")
     return run

@@ -29,11 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ftviz.config import PROJECT_BASES as BASES
+from ftviz.config import PROJECT_METHODS as METHODS
+from ftviz.config import PROJECT_REFERENCES as REFERENCES
+from ftviz.config import ProjectConfig, check_section
 from ftviz.errors import FtvizError
+from ftviz.numerics import exact_neighbours
 
-METHODS = ("pca", "tsne", "umap")
-BASES = ("per_frame", "shared")
-REFERENCES = ("previous", "first", "last", "consensus")
 # What the page and run.json call each method.
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE (openTSNE)", "umap": "UMAP (umap-learn)"}
 _EXTRA = "pip install 'ftviz[projection]'"
@@ -42,38 +44,18 @@ _EXTRA = "pip install 'ftviz[projection]'"
 # ---------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------
-def check_config(section, *, libraries: bool = True) -> None:
+def check_config(section: ProjectConfig, *, libraries: bool = True) -> None:
     """Raise :class:`FtvizError` (one line) if a ``[project]`` section cannot run.
 
-    Call before any work: checks the values (also done by :func:`ftviz.config.validate`, for
-    every command) and, with ``libraries``, that the method's library imports (only the
-    projection needs it, so ``ftviz score`` does not ask for openTSNE).
-    ``section`` is a :class:`ftviz.config.ProjectConfig` (or None for the defaults).
+    Call before any work: checks the values against :class:`ftviz.config.ProjectConfig`'s
+    constraints (again: a section built in code never met :func:`ftviz.config.validate`)
+    and, with ``libraries``, that the method's library imports (only the projection needs
+    it, so ``ftviz score`` does not ask for openTSNE).
     """
-    if section is None:
-        return
-    method = getattr(section, "method", "pca")
-    if method not in METHODS:
-        raise FtvizError(f"project.method must be one of {', '.join(METHODS)}; got {method!r}")
-    if section.basis not in BASES:
-        raise FtvizError(f"project.basis must be per_frame or shared; got {section.basis!r}")
-    _parse_reference(section.reference)  # raises with the allowed values
-    for key in ("knn", "knn_sample"):
-        if getattr(section, key) <= 0:
-            raise FtvizError(f"project.{key} must be > 0; got {getattr(section, key)!r}")
-    for key in ("first_iter", "iter", "last_iter"):
-        value = getattr(section, key, 0)
-        if value < 0:
-            raise FtvizError(f"project.{key} must be >= 0; got {value!r}")
-    if getattr(section, "first_iter", 1) == 0 and method != "pca":
-        raise FtvizError("project.first_iter must be > 0 for t-SNE and UMAP (the first frame starts from scratch)")
-    if getattr(section, "perplexity", 30.0) <= 0:
-        raise FtvizError(f"project.perplexity must be > 0; got {section.perplexity!r}")
-    if getattr(section, "neighbors", 15) < 2:
-        raise FtvizError(f"project.neighbors must be >= 2; got {section.neighbors!r}")
-    if libraries and method == "tsne":
+    check_section(section, "project")
+    if libraries and section.method == "tsne":
         _import_opentsne()
-    elif libraries and method == "umap":
+    elif libraries and section.method == "umap":
         _import_umap()
 
 
@@ -164,28 +146,6 @@ class _CovarianceAccumulator:
 EXACT_NEIGHBOURS_UP_TO = 5000
 
 
-def _exact_neighbours(X: np.ndarray, k: int, *, rows=None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and Euclidean distances of the k nearest other rows of ``X`` (N, D), nearest first.
-
-    ``rows`` : the query rows (default all); returns (len(rows), k) arrays.
-    """
-    X = np.asarray(X, dtype=np.float32)
-    rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-    squared = (X**2).sum(axis=1)
-    indices = np.empty((len(rows), k), dtype=np.int64)
-    distances = np.empty((len(rows), k), dtype=np.float64)
-    for start in range(0, len(rows), block):
-        chunk = rows[start : start + block]
-        d = squared[chunk, None] - 2.0 * X[chunk] @ X.T + squared[None, :]
-        d[np.arange(len(chunk)), chunk] = np.inf  # not its own neighbour
-        part = np.argpartition(d, k, axis=1)[:, :k]
-        chosen = np.take_along_axis(d, part, axis=1)
-        order = np.argsort(chosen, axis=1)
-        indices[start : start + len(chunk)] = np.take_along_axis(part, order, axis=1)
-        distances[start : start + len(chunk)] = np.sqrt(np.maximum(np.take_along_axis(chosen, order, axis=1), 0))
-    return indices, distances
-
-
 def _planar_neighbours(low: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
     """(len(rows), k) indices of the k nearest other points in a 2-D frame (a k-d tree)."""
     from scipy.spatial import cKDTree
@@ -227,7 +187,7 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
         # Exact neighbours by one blocked matrix product: for a few thousand points this is
         # ~10x cheaper than building openTSNE's approximate index, and it runs every frame.
         k = min(len(X) - 1, int(3 * perplexity))
-        neighbours, distances = _exact_neighbours(X, k)
+        neighbours, distances = exact_neighbours(X, k, metric="euclidean")  # openTSNE's metric
         if found is not None:
             found["neighbours"] = neighbours
         P = affinity.joint_probabilities_nn(neighbours, distances, [perplexity], symmetrize=True, n_jobs=n_jobs)
@@ -274,6 +234,20 @@ def _umap_frame(X: np.ndarray, previous: np.ndarray | None, *, neighbors: int, n
 # ---------------------------------------------------------------------------------------
 # The projector
 # ---------------------------------------------------------------------------------------
+def check_embedding(X: np.ndarray, where: str) -> None:
+    """Raise :class:`FtvizError` (one line, naming ``where``) unless ``X`` (N, D) can be projected.
+
+    NaN or infinity (a diverged training run) and a frame whose rows are all the same point
+    (nothing to spread out: PCA and the neighbour methods divide by its zero spread) cannot.
+    """
+    if not np.isfinite(X).all():
+        raise FtvizError(f"{where} holds NaN or infinite embeddings (training diverged); "
+                         "rerun training with a lower train.lr")
+    if len(X) > 1 and not (X != X[:1]).any():
+        raise FtvizError(f"{where}: every probe sample has the same embedding, so there is nothing to "
+                         "project; check the model's embedding output (a constant layer?) and rerun training")
+
+
 class FrameProjector:
     """Project snapshots (T, N, D) to aligned 2-D frames (T, N, 2), sklearn style.
 
@@ -348,18 +322,14 @@ class FrameProjector:
             X = np.asarray(snapshots[t])
             if X.ndim != 2:
                 raise ValueError(f"snapshot {t} must be (N, D), got shape {X.shape}")
+            check_embedding(X, getattr(snapshots, "describe", lambda t: f"snapshot {t}")(t))
             if frames is None:
                 frames = np.empty((T, len(X), components), dtype=np.float64)
             elif len(X) != frames.shape[1]:
                 raise ValueError(f"snapshot {t} has {len(X)} rows, the first has {frames.shape[1]}")
-            found: dict = {}
-            if self.method == "pca":
-                frames[t] = self._pca_frame(X, t, shared)
-            else:
-                layout = self._neighbour_frame(X, layout, last=t == T - 1 and T > 1, found=found)
-                frames[t] = _unit_rms(layout)
-            if self.knn:
-                self.knn_overlap_[t] = self._knn_overlap(X, frames[t], found.get("neighbours"))
+            made = self.frame(X, layout, last=t == T - 1 and T > 1, shared=shared)
+            frames[t], layout = made["frame"], made["layout"]
+            self.explained_variance_[t], self.knn_overlap_[t] = made["explained_variance"], made["knn_overlap"]
             self.seconds_[t] = time.perf_counter() - started
             if progress is not None:
                 progress(t)
@@ -378,18 +348,36 @@ class FrameProjector:
         self.components_ = components
         return mean, components
 
-    def _pca_frame(self, X: np.ndarray, t: int, shared) -> np.ndarray:
+    def frame(self, X: np.ndarray, previous_layout: np.ndarray | None = None, *, last: bool = False,
+              shared=None) -> dict:
+        """One snapshot X (N, D) to its unaligned 2-D frame; what a frame needs is the one before.
+
+        Returns a dict: "frame" (N, 2) float64 (unit RMS radius, or the shared basis's real
+        size), "layout" (N, 2) the t-SNE/UMAP optimiser's own coordinates, the warm start of
+        the next frame (None for PCA), "explained_variance" and "knn_overlap" (floats, NaN
+        where they do not apply). ``last`` adds ``last_iter`` iterations.
+        """
+        found: dict = {}
+        if self.method == "pca":
+            projected, explained = self._pca_frame(X, shared)
+            layout = None
+        else:
+            layout = self._neighbour_frame(X, previous_layout, last=last, found=found)
+            projected, explained = _unit_rms(layout), float("nan")
+        overlap = self._knn_overlap(X, projected, found.get("neighbours")) if self.knn else float("nan")
+        return {"frame": projected, "layout": layout, "explained_variance": float(explained),
+                "knn_overlap": float(overlap)}
+
+    def _pca_frame(self, X: np.ndarray, shared) -> tuple[np.ndarray, float]:
         if shared is not None:
             mean, components = shared
             projected = (X.astype(np.float64) - mean) @ components
-            self.explained_variance_[t] = _explained(X, projected)
-            return projected
+            return projected, _explained(X, projected)
         mean, components, ratio = pca_basis(X, self.n_components)
-        self.explained_variance_[t] = ratio.sum()
         # Each frame to unit RMS radius, as scipy's procrustes standardises (the article).
         # Fitting a scale instead would shrink every frame by its correlation with the
         # previous one, and chained over many frames the cloud collapses to a point.
-        return _unit_rms((X.astype(np.float64) - mean) @ components)
+        return _unit_rms((X.astype(np.float64) - mean) @ components), float(ratio.sum())
 
     def _knn_overlap(self, X: np.ndarray, low: np.ndarray, neighbours: np.ndarray | None) -> float:
         """:func:`knn_overlap` of this frame, reusing the embedding's neighbours when known."""
@@ -400,7 +388,7 @@ class FrameProjector:
         if neighbours is not None and neighbours.shape[1] >= k:
             high = neighbours[rows, :k]
         else:
-            high, _ = _exact_neighbours(X, k, rows=rows)
+            high, _ = exact_neighbours(X, k, metric="euclidean", rows=rows)
         return _overlap(high, _planar_neighbours(low, k, rows))
 
     def _neighbour_frame(self, X: np.ndarray, previous: np.ndarray | None, *, last: bool, found: dict) -> np.ndarray:
@@ -441,7 +429,7 @@ def knn_overlap(full: np.ndarray, low: np.ndarray, *, k: int = 10, sample: int =
     if k < 1:
         return float("nan")
     rows = _query_rows(n, sample, seed)
-    high, _ = _exact_neighbours(full, k, rows=rows)
+    high, _ = exact_neighbours(full, k, metric="euclidean", rows=rows)
     return _overlap(high, _planar_neighbours(low, k, rows))
 
 
@@ -464,12 +452,12 @@ class RunSnapshots:
         embedding, _ = self.run.load_snapshot(self.steps[t])
         return embedding
 
+    def describe(self, t: int) -> str:
+        """Frame t as error messages name it: the run and the snapshot step."""
+        return f"{self.run.path}: snapshot step {self.steps[t]}"
 
-def _section_value(config, key: str, default):
-    return getattr(config, key, default) if config is not None else default
 
-
-def project_run(run, config=None, *, progress: bool = True) -> None:
+def project_run(run, section: ProjectConfig, *, progress: bool = True) -> None:
     """Write ``frames.npy`` (T, N, 2) float32 and ``projection.parquet`` for ``run``.
 
     projection.parquet columns: step, explained_variance (of the 2-D frame; NaN for t-SNE
@@ -477,18 +465,10 @@ def project_run(run, config=None, *, progress: bool = True) -> None:
     first frame), knn_overlap (neighbourhood preservation, see :func:`knn_overlap`),
     seconds (spent on the frame). run.json's project record holds the method and schedule.
     """
-    check_config(config)
+    check_config(section)
     run.require("train")
-    options = {
-        "method": _section_value(config, "method", "pca"),
-        "basis": _section_value(config, "basis", "per_frame"),
-        "reference": _section_value(config, "reference", "previous"),
-        "first_iter": _section_value(config, "first_iter", 750),
-        "iter": _section_value(config, "iter", 50),
-        "last_iter": _section_value(config, "last_iter", 0),
-        "perplexity": _section_value(config, "perplexity", 30.0),
-        "neighbors": _section_value(config, "neighbors", 15),
-    }
+    options = {key: getattr(section, key) for key in
+               ("method", "basis", "reference", "first_iter", "iter", "last_iter", "perplexity", "neighbors")}
     record_info = {"method": options["method"], "method_name": METHOD_NAMES[options["method"]],
                    "reference": str(options["reference"])}
     if options["method"] == "pca":
@@ -498,8 +478,7 @@ def project_run(run, config=None, *, progress: bool = True) -> None:
         record_info["perplexity" if options["method"] == "tsne" else "neighbors"] = \
             options["perplexity" if options["method"] == "tsne" else "neighbors"]
     with run.stage("project", **record_info) as record:
-        record.update(_project(run, options, k=_section_value(config, "knn", 10),
-                               sample=_section_value(config, "knn_sample", 2000), progress=progress))
+        record.update(_project(run, options, k=section.knn, sample=section.knn_sample, progress=progress))
 
 
 def _project(run, options: dict, *, k: int, sample: int, progress: bool) -> dict:
@@ -511,11 +490,19 @@ def _project(run, options: dict, *, k: int, sample: int, progress: bool) -> dict
     steps = run.snapshot_steps()
     if not steps:
         raise FtvizError(f"{run.path} has no snapshots; rerun training")
-    snapshots = RunSnapshots(run, steps)
-    projector = FrameProjector(**options, knn=k, knn_sample=sample)
     bar = _progress_bar(len(steps), options["method"]) if progress else None
+    tick = (lambda t: bar.update(1)) if bar else None
     try:
-        frames = projector.fit_transform(snapshots, progress=(lambda t: bar.update(1)) if bar else None)
+        entries = _followed_frames(run, options, k=k, sample=sample, steps=steps, final=True, progress=tick)
+        if entries is not None:  # frame by frame, reading what the follower made
+            frames = np.stack([entry["xy"] for entry in entries]).astype(np.float32)
+            explained = [float(entry["explained_variance"]) for entry in entries]
+            overlaps = [float(entry["knn_overlap"]) for entry in entries]
+            seconds = [float(entry["seconds"]) for entry in entries]
+        else:  # a shared basis or a reference that needs every frame: all frames at once
+            projector = FrameProjector(**options, knn=k, knn_sample=sample)
+            frames = projector.fit_transform(RunSnapshots(run, steps), progress=tick)
+            explained, overlaps, seconds = projector.explained_variance_, projector.knn_overlap_, projector.seconds_
     finally:
         if bar is not None:
             bar.close()
@@ -523,14 +510,110 @@ def _project(run, options: dict, *, k: int, sample: int, progress: bool) -> dict
     write_npy(run.file("frames.npy"), frames)
     write_parquet(run.file("projection.parquet"), pd.DataFrame({
         "step": steps,
-        "explained_variance": projector.explained_variance_,
+        "explained_variance": explained,
         "disparity_to_previous": disparities,
-        "knn_overlap": projector.knn_overlap_,
-        "seconds": projector.seconds_,
+        "knn_overlap": overlaps,
+        "seconds": seconds,
     }))
     finite = [d for d in disparities[1:] if np.isfinite(d)]
-    return {"last_knn_overlap": round(float(projector.knn_overlap_[-1]), 4),
+    return {"last_knn_overlap": round(float(overlaps[-1]), 4),
             "mean_disparity": round(float(np.mean(finite)), 6) if finite else None}
+
+
+# ---------------------------------------------------------------------------------------
+# Frame by frame, as snapshots land (the follower) or after training (the stage)
+# ---------------------------------------------------------------------------------------
+PROJECT_OPTIONS = ("method", "basis", "reference", "first_iter", "iter", "last_iter", "perplexity", "neighbors")
+LAST = ".last"  # the cache variant of the last frame, made with ``last_iter`` more iterations
+
+
+def followable(options: dict) -> bool:
+    """Whether each frame can be made from the one before alone (so as it lands).
+
+    A shared PCA basis needs every snapshot, and a "last" or "consensus" reference the end
+    of the run: those are projected after training.
+    """
+    per_frame = options["method"] != "pca" or options["basis"] == "per_frame"
+    return per_frame and str(options["reference"]) in ("previous", "first")
+
+
+def project_frames(run, section, steps, *, final: bool, collect: bool = True, progress=None) -> list[dict] | None:
+    """Make and record (``analysis/project/``) the frames of ``steps`` not made yet.
+
+    ``final``: ``steps`` are all of the run's, so the last frame gets ``last_iter`` more
+    iterations. Returns one dict per step (xy (N, 2) float64 aligned, layout, explained
+    variance, kNN overlap, seconds) — an empty list without ``collect`` — or None where the
+    settings are not :func:`followable`.
+    """
+    options = {key: getattr(section, key) for key in PROJECT_OPTIONS}
+    return _followed_frames(run, options, k=section.knn, sample=section.knn_sample, steps=list(steps),
+                            final=final, collect=collect, progress=progress)
+
+
+def _followed_frames(run, options: dict, *, k: int, sample: int, steps: list[int], final: bool,
+                     collect: bool = True, progress=None) -> list[dict] | None:
+    from ftviz.framecache import FrameCache
+
+    if not followable(options):
+        return None
+    projector = FrameProjector(**options, knn=k, knn_sample=sample)
+    cache = FrameCache(run, "project", {**options, "reference": str(options["reference"]),
+                                        "knn": k, "knn_sample": sample}).open()
+    settle = final and len(steps) > 1 and options["method"] != "pca"
+    # Frames already recorded are kept up to the first one missing; from there each frame
+    # is made from the one before it (recorded frames after a gap were made from another
+    # chain, so they are made again).
+    start = next((t for t, step in enumerate(steps) if not cache.has(step)), len(steps))
+    entries: list[dict | None] = [None] * len(steps)
+
+    def recorded(t: int, variant: str = "") -> dict:
+        if entries[t] is None or variant:
+            entry = cache.get(steps[t], variant)
+            if entry is None:
+                raise FtvizError(f"{cache.path(steps[t], variant)} is damaged; rerun ftviz project {run.path}")
+            if variant:
+                return entry
+            entries[t] = entry
+        return entries[t]
+
+    def make(t: int, *, last: bool) -> dict:
+        started = time.perf_counter()
+        X = np.asarray(RunSnapshots(run, steps)[t])
+        check_embedding(X, f"{run.path}: snapshot step {steps[t]}")
+        previous = recorded(t - 1) if t > 0 else None
+        made = projector.frame(X, None if previous is None else previous["layout"], last=last)
+        xy = made["frame"]
+        if previous is not None:
+            onto = previous["xy"] if str(options["reference"]) == "previous" else recorded(0)["xy"]
+            xy = _rotate_onto(xy, onto)
+        return {"xy": xy, "layout": made["layout"] if made["layout"] is not None else np.zeros((0, 2)),
+                "explained_variance": made["explained_variance"], "knn_overlap": made["knn_overlap"],
+                "seconds": time.perf_counter() - started}
+
+    for t in range(len(steps)):
+        if t >= start:
+            entries[t] = make(t, last=False)
+            cache.put(steps[t], entries[t])
+        if progress is not None and not (settle and t == len(steps) - 1):
+            progress(t)
+    if settle:
+        last = cache.get(steps[-1], LAST) if start == len(steps) else None  # made from this chain
+        if last is None:
+            last = make(len(steps) - 1, last=True)
+            cache.put(steps[-1], last, LAST)
+        entries[-1] = last
+        if progress is not None:
+            progress(len(steps) - 1)
+    if not collect:
+        return []
+    return [recorded(t) if entries[t] is None else entries[t] for t in range(len(steps))]
+
+
+def _rotate_onto(frame: np.ndarray, onto: np.ndarray) -> np.ndarray:
+    """``frame`` rotated (and reflected) onto ``onto``, no scaling: one link of the chain."""
+    from ftviz.align import align_sequence
+
+    return align_sequence(np.stack([onto, frame]), reference="first", scaling=False)[1]
 
 
 def _progress_bar(total: int, method: str):

@@ -16,14 +16,9 @@ import warnings
 
 import numpy as np
 
+from ftviz.config import ScoreConfig, check_section
 from ftviz.errors import FtvizError
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, computed in float64, returned as float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+from ftviz.numerics import exact_neighbours, softmax
 
 
 def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", device: str = "auto") -> np.ndarray:
@@ -33,8 +28,8 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
     ----------
     embedding : (N, D) features; N must exceed k.
     method : "cleanlab" calls ``cleanlab.outlier.OutOfDistribution`` as is; "knn" computes the
-        same cosine k-nearest-neighbour distances with blocked matrix products (torch, on the GPU
-        when there is one) and hands them to Cleanlab's own distance-to-score transform; "auto"
+        same cosine k-nearest-neighbour distances (:func:`cosine_knn_distances`, on the GPU when
+        there is one) and hands them to Cleanlab's own distance-to-score transform; "auto"
         takes "knn" where Cleanlab would use the cosine metric (D > 3), else "cleanlab".
     device : for "knn": "auto" (cuda when available), "cpu" or "cuda".
 
@@ -73,13 +68,10 @@ def cosine_knn_distances(
 ) -> np.ndarray:
     """Cosine distances (1 - cos) from each row to its k nearest *other* rows, ascending.
 
-    Brute force, like scikit-learn's ``NearestNeighbors(metric="cosine")`` that Cleanlab uses,
-    as blocked matrix products with a top-k per block, so memory stays at block x N.
-    ``search="bf16"`` finds ``k + margin`` candidates with a bf16 product (several times the fp32
-    throughput on GPUs and AMX CPUs) and re-ranks them exactly in fp32: the rounding of bf16
-    (~4e-3 on a cosine) is covered by the margin (identical to the fp32 search on a clustered
-    10,000 x 768 test; margin 8 already changed 1% of the rows there), and the distances
-    returned are fp32 values. "auto" uses it for N > 4096 where bf16 is fast, else "fp32".
+    Brute force, like scikit-learn's ``NearestNeighbors(metric="cosine")`` that Cleanlab uses:
+    :func:`ftviz.numerics.exact_neighbours`, here on the GPU when there is one and with its bf16
+    candidate search where that is fast (``device``, ``search`` and ``margin`` as there), since
+    the outlier score runs at every frame.
 
     Parameters
     ----------
@@ -89,34 +81,7 @@ def cosine_knn_distances(
     -------
     (N, k) float64.
     """
-    import torch
-
-    from ftviz.embed import cpu_has_fast_bf16
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if search == "auto":
-        fast = device.startswith("cuda") or cpu_has_fast_bf16()
-        search = "bf16" if fast and len(features) > 4096 else "fp32"
-    X = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-    norms = X.norm(dim=1, keepdim=True)
-    X = X / torch.where(norms > 0, norms, torch.ones_like(norms))
-    coarse = X.to(torch.bfloat16) if search == "bf16" else X
-    width = min(len(X) - 1, k + margin) if search == "bf16" else k
-    out = torch.empty((len(X), k), dtype=torch.float64)
-    with torch.inference_mode():
-        for start in range(0, len(X), block):
-            similarity = coarse[start : start + block] @ coarse.T  # (B, N)
-            rows = torch.arange(similarity.shape[0], device=device)
-            similarity[rows, rows + start] = -torch.inf  # a point is not its own neighbour
-            top = similarity.topk(width, dim=1)
-            if search == "bf16":  # exact fp32 cosines of the candidates, then the real top k
-                exact = torch.einsum("bd,bcd->bc", X[start : start + block], X[top.indices])
-                values = exact.topk(k, dim=1).values
-            else:
-                values = top.values
-            out[start : start + block] = (1.0 - values.double()).clamp_(min=0.0).cpu()
-    return out.numpy()
+    return exact_neighbours(features, k, metric="cosine", block=block, device=device, search=search, margin=margin)[1]
 
 
 def label_scores(*, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,42 +123,83 @@ def label_scores_from_probs(*, probs: np.ndarray, labels: np.ndarray) -> tuple[n
     return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
 
 
-def score_run(run, config=None, *, progress: bool = True) -> None:
-    """Score every snapshot of ``run`` and write ``scores.parquet``.
+SCORE_COLUMNS = ("outlier_score", "label_quality", "is_label_issue", "predicted_label", "confidence")
+
+
+def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, section: ScoreConfig) -> dict:
+    """One snapshot's scores: a dict of (N,) arrays named :data:`SCORE_COLUMNS`.
+
+    embedding (N, D), logits (N, C), labels (N,) given labels; ``section`` the ``[score]``
+    settings (k, method, device).
+    """
+    probs = softmax(logits)
+    quality, issues = label_scores_from_probs(probs=probs, labels=labels)
+    return {
+        "outlier_score": np.asarray(outlier_scores(embedding, k=section.k, method=section.method,
+                                                   device=section.device)),
+        "label_quality": np.asarray(quality),
+        "is_label_issue": np.asarray(issues),
+        "predicted_label": probs.argmax(1).astype(np.int64),
+        "confidence": probs.max(1),
+    }
+
+
+def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False) -> None:
+    """Score each of ``steps`` not yet recorded under ``analysis/score/`` and record it.
+
+    The follower calls this as snapshots land, :func:`score_run` for every step after
+    training: the same numbers either way, and a stop loses at most the frame in progress.
+    """
+    from tqdm.auto import tqdm
+
+    cache = score_cache(run, section)
+    labels = run.samples()["given_label"].to_numpy()
+    todo = [step for step in steps if not cache.has(step)]
+    for step in tqdm(todo, desc="score", unit="frame", disable=not progress, leave=False):
+        embedding, logits = run.load_snapshot(step)
+        if len(embedding) != len(labels):
+            raise FtvizError(
+                f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
+                f"{len(labels)}; the run is inconsistent, rerun training"
+            )
+        if not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
+            raise FtvizError(f"{run.path}: snapshot step {step} holds NaN or infinite embeddings or logits "
+                             "(training diverged); rerun training with a lower train.lr")
+        cache.put(step, score_frame(embedding, logits, labels, section))
+
+
+def score_cache(run, section: ScoreConfig):
+    """The score stage's per-frame files for these settings (see :mod:`ftviz.framecache`)."""
+    from ftviz.framecache import FrameCache
+
+    return FrameCache(run, "score", {"k": section.k, "method": section.method, "device": section.device}).open()
+
+
+def score_run(run, section: ScoreConfig, *, progress: bool = True) -> None:
+    """Score every snapshot of ``run`` with the ``[score]`` settings and write ``scores.parquet``.
 
     Columns: step, id, outlier_score, label_quality, is_label_issue, predicted_label,
-    confidence (softmax probability of the predicted label).
+    confidence (softmax probability of the predicted label). Frames the follower already
+    scored are read from ``analysis/score/``.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from ftviz.rundir import write_parquet
 
     run.require("train")
-    k = config.k if config is not None else 10
-    method = config.method if config is not None else "auto"
-    device = config.device if config is not None else "auto"
-    samples = run.samples()
-    labels = samples["given_label"].to_numpy()
+    check_section(section, "score")  # a section built in code never met ftviz.config.validate
+    ids = run.samples()["id"].to_numpy()
     steps = run.snapshot_steps()
-    with run.stage("score", k=k, method=method):
+    with run.stage("score", k=section.k, method=section.method):
+        score_frames(run, section, steps, progress=progress)
+        cache = score_cache(run, section)
         tables = []
-        for step in tqdm(steps, desc="score", unit="frame", disable=not progress, leave=False):
-            embedding, logits = run.load_snapshot(step)
-            if len(embedding) != len(labels):
-                raise FtvizError(
-                    f"{run.path}: snapshot {step} has {len(embedding)} rows but samples.parquet has "
-                    f"{len(labels)}; the run is inconsistent, rerun training"
-                )
-            probs = softmax(logits)
-            quality, issues = label_scores_from_probs(probs=probs, labels=labels)
-            tables.append(pd.DataFrame({
-                "step": np.full(len(labels), step, dtype=np.int64),
-                "id": samples["id"].to_numpy(),
-                "outlier_score": outlier_scores(embedding, k=k, method=method, device=device),
-                "label_quality": quality,
-                "is_label_issue": issues,
-                "predicted_label": probs.argmax(1).astype(np.int64),
-                "confidence": probs.max(1),
-            }))
+        for step in steps:
+            frame = cache.get(step)
+            if frame is None:  # damaged since it was written: make it again
+                cache.path(step).unlink(missing_ok=True)
+                score_frames(run, section, [step])
+                frame = cache.get(step)
+            tables.append(pd.DataFrame({"step": np.full(len(ids), step, dtype=np.int64), "id": ids,
+                                        **{column: frame[column] for column in SCORE_COLUMNS}}))
         write_parquet(run.file("scores.parquet"), pd.concat(tables, ignore_index=True))

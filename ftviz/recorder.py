@@ -28,6 +28,7 @@ import numpy as np
 
 from ftviz import distributed
 from ftviz.errors import FtvizError
+from ftviz.framecache import forget_frame
 from ftviz.rundir import RunDir, write_parquet
 
 METRIC_COLUMNS = ["step", "epoch", "split", "loss", "accuracy", "true_accuracy", "learning_rate"]
@@ -98,6 +99,7 @@ class Recorder:
         self.snapshot_steps: list[int] = []
         self.rows: list[dict] = []
         self._device_images = None  # the probe as a uint8 tensor on the model's device
+        self._follower = None  # the analysis process started by open() (ftviz/follow.py)
 
     @property
     def is_main(self) -> bool:
@@ -126,6 +128,11 @@ class Recorder:
         )
         if not resuming:
             self.snapshot_steps, self.rows = [], []
+        if self.run.stage_status("train") != "done":
+            from ftviz.follow import start_follower
+
+            device = next(model.parameters()).device
+            self._follower = start_follower(self.run, device=str(device))
         return resuming
 
     def create(self, model, *, hf_model=None, force: bool = False, **manifest_extra) -> None:
@@ -201,6 +208,7 @@ class Recorder:
             )
         if self.is_main:
             self.run.write_snapshot(step, embedding, logits)
+            forget_frame(self.run, step)  # analysis made from an earlier file of this step is void
             self.rows = [r for r in self.rows if not (r["split"] == self.probe_split and r["step"] == step)]
             self.rows.append(self._probe_row(step, logits, row))
             self.write_metrics()
@@ -265,9 +273,24 @@ class Recorder:
             final = next((r for r in reversed(self.rows) if r["split"] == self.probe_split), {})
             self.run.mark_stage("train", "done", snapshots=len(self.snapshot_steps),
                                 final_true_accuracy=final.get("true_accuracy"), **train_info)
+        self.wait_for_analysis()  # the follower finishes the frames left; the stages assemble them
         if later_stages:
             continue_run(self.run, self.config, progress=progress, log=log)
         return self.run
+
+    def wait_for_analysis(self) -> None:
+        """After training is marked done: wait until the follower has analysed every frame."""
+        from ftviz.follow import wait_for_follower
+
+        wait_for_follower(self._follower)
+        self._follower = None
+
+    def stop_following(self) -> None:
+        """End the follower now (training stopped before its end); its frames stay for the rerun."""
+        from ftviz.follow import stop_follower
+
+        stop_follower(self._follower)
+        self._follower = None
 
 
 def _check_probe(images: np.ndarray, labels: np.ndarray, true: np.ndarray, class_names: list[str]) -> None:

@@ -263,8 +263,8 @@ class RunDir:
             # copy): the config and stage record are gone and cannot be rebuilt from the files.
             raise FtvizError(
                 f"{self.manifest_path} is damaged ({damage}): the run's config and stage record are lost; "
-                "start it again with the command that made it plus --force (ftviz run ... --force, or "
-                "ftviz embed ... --force)"
+                f"delete {self.path} yourself (--force replaces only runs it can read) and run the command "
+                "that made it again"
             )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
@@ -374,6 +374,26 @@ class RunDir:
                 )
         return path
 
+    def write_probe(self, images: np.ndarray, given_labels: np.ndarray, true_labels: np.ndarray,
+                    class_names) -> None:
+        """samples.parquet and probe_images.npy: the fixed probe set, row i = sample id i.
+
+        images : (N, H, W, 3) uint8; given_labels, true_labels : (N,) int; class_names : C names.
+        """
+        import pandas as pd
+
+        names = np.asarray([str(name) for name in class_names], dtype=object)
+        given, true = np.asarray(given_labels), np.asarray(true_labels)
+        write_npy(self.file("probe_images.npy"), np.asarray(images))
+        write_parquet(self.file("samples.parquet"), pd.DataFrame({
+            "id": np.arange(len(given), dtype=np.int64),
+            "given_label": given.astype(np.int64),
+            "true_label": true.astype(np.int64),
+            "is_noisy": given != true,
+            "class_name": names[given],
+            "true_class_name": names[true],
+        }))
+
     def snapshot_steps(self) -> list[int]:
         """Steps of the complete snapshots, ascending (from the manifest, checked on disk)."""
         steps = [int(s) for s in self.manifest().get("snapshot_steps", [])]
@@ -442,6 +462,139 @@ class RunDir:
             self.require("train")
             raise FtvizError(f"{path} is missing; rerun training")
         return np.load(path)
+
+    # ---- typed readers ---------------------------------------------------------------------
+    # The one reader of each derived table: every stage, page and command reads these files
+    # here, with the same checks and the same error naming the stage to rerun.
+
+    # scores.parquet column -> (dtype, value where a (step, id) row is missing).
+    FRAME_SCORE_COLUMNS = {
+        "outlier_score": (np.float64, np.nan),
+        "label_quality": (np.float64, np.nan),
+        "is_label_issue": (bool, False),
+        "predicted_label": (np.int64, -1),
+        "confidence": (np.float64, np.nan),
+    }
+    # suspicion.parquet columns every detect stage has written; the detector columns beside
+    # them (aum, data map, ...) may be missing from a run of an earlier ftviz.
+    SUSPICION_CORE = ("id", "suspicion", "suspicion_rank", "is_label_issue", "issue_step")
+    DETECTOR_COLUMNS = ("detector", "step", "auroc", "average_precision", "precision", "recall", "f1", "n_flagged")
+
+    def frame_scores(self, columns=None, *, steps=None, count: int | None = None, scores=None,
+                     complete: bool = False) -> dict[str, np.ndarray]:
+        """Per-frame arrays of ``scores.parquet`` (long: one row per step and sample).
+
+        Parameters
+        ----------
+        columns : the columns to read (default: those of :attr:`FRAME_SCORE_COLUMNS` the file
+            has); a column the file lacks comes back filled with its missing value.
+        steps : (T,) snapshot steps, one row of the output each; default the snapshot steps.
+        count : N; default the number of rows of ``samples.parquet``.
+        scores : the table, if already read (default: :meth:`scores`).
+        complete : raise :class:`FtvizError` (naming ``ftviz score``) unless every (step, id)
+            pair has a row; otherwise missing rows keep the missing value (NaN, False, -1).
+
+        Returns
+        -------
+        {column: (T, N) array}: float64 scores, bool flags, int64 labels; plus "present",
+        (T, N) bool, where a row was found.
+        """
+        if scores is None:
+            scores = self.scores()
+        steps = np.asarray(self.snapshot_steps() if steps is None else steps, dtype=np.int64)
+        count = len(self.samples()) if count is None else int(count)
+        if columns is None:
+            columns = [c for c in self.FRAME_SCORE_COLUMNS if c in scores]
+        shape = (len(steps), count)
+        out = {}
+        for column in columns:
+            dtype, missing = self.FRAME_SCORE_COLUMNS.get(column, (np.float64, np.nan))
+            out[column] = np.full(shape, missing, dtype=dtype)
+        present = np.zeros(shape, dtype=bool)
+        if len(steps) and len(scores):
+            step_values = scores["step"].to_numpy().astype(np.int64)
+            id_values = scores["id"].to_numpy().astype(np.int64)
+            order = np.argsort(steps)
+            position = np.clip(np.searchsorted(steps[order], step_values), 0, len(steps) - 1)
+            known = (steps[order][position] == step_values) & (id_values >= 0) & (id_values < count)
+            rows, cols = order[position[known]], id_values[known]
+            present[rows, cols] = True
+            for column in columns:
+                if column in scores:
+                    values = scores[column].to_numpy()[known]
+                    if out[column].dtype.kind in "iub" and values.dtype.kind == "f":
+                        values = np.where(np.isnan(values), self.FRAME_SCORE_COLUMNS.get(column, (None, -1))[1], values)
+                    out[column][rows, cols] = values
+        if complete and not present.all():
+            frame, sample = np.argwhere(~present)[0]
+            raise FtvizError(
+                f"{self.path}: scores.parquet has no row for step {int(steps[frame])}, id {int(sample)} "
+                f"({int((~present).sum())} missing of {present.size}); rerun `ftviz score {self.path}`"
+            )
+        out["present"] = present
+        return out
+
+    def suspicion(self, *, optional: bool = False, count: int | None = None):
+        """``suspicion.parquet`` in id order, one row per probe sample.
+
+        Parameters
+        ----------
+        optional : True: None when the file is absent (the detect stage is optional for pages
+            and Spotlight); False: a MissingStageError naming ``ftviz detect`` unless the stage
+            is done (a stale file was computed from scores that have been replaced).
+        count : N, the probe size (default: the rows of ``samples.parquet``).
+
+        Returns
+        -------
+        pandas.DataFrame with at least :attr:`SUSPICION_CORE`; detector columns an earlier ftviz
+        did not write are absent, not refused. None only when ``optional``.
+        """
+        if optional and not self.file("suspicion.parquet").is_file():
+            return None
+        if not optional:
+            self.require("detect")
+        table = self.read_parquet("suspicion.parquet", "detect")
+        count = len(self.samples()) if count is None else int(count)
+        rerun = f"rerun `ftviz detect {self.path}`"
+        missing = [c for c in self.SUSPICION_CORE if c not in table]
+        if missing:
+            raise FtvizError(f"{self.path}/suspicion.parquet lacks the columns {', '.join(missing)}; {rerun}")
+        table = table.sort_values("id").reset_index(drop=True)
+        if not np.array_equal(table["id"].to_numpy(), np.arange(count)):
+            raise FtvizError(f"{self.path}/suspicion.parquet has {len(table)} rows, not one per probe sample "
+                             f"(ids 0..{count - 1}); {rerun}")
+        return table
+
+    def detectors(self):
+        """``detectors.parquet`` (one row per detector against the injected noise), or None when
+        the run has none (no injected noise, or no detect stage)."""
+        if not self.file("detectors.parquet").is_file():
+            return None
+        table = self.read_parquet("detectors.parquet", "detect")
+        missing = [c for c in self.DETECTOR_COLUMNS if c not in table]
+        if missing:
+            raise FtvizError(f"{self.path}/detectors.parquet lacks the columns {', '.join(missing)}; "
+                             f"rerun `ftviz detect {self.path}`")
+        return table
+
+    def class_names(self, count: int = 0, *, samples=None) -> list[str]:
+        """Class names indexed by label, for every label of ``samples.parquet`` and at least ``count``.
+
+        ``run.json``'s ``dataset.class_names`` first; a label beyond them takes the name
+        ``samples.parquet`` gives it (``class_name``, ``true_class_name``), else its number.
+        ``samples`` : the table, if already read.
+        """
+        names = [str(name) for name in self.manifest().get("dataset", {}).get("class_names") or []]
+        samples = self.samples() if samples is None else samples
+        known: dict[int, str] = {}
+        needed = count
+        for label, name in (("given_label", "class_name"), ("true_label", "true_class_name")):
+            if label in samples:
+                labels = samples[label].to_numpy(np.int64)
+                needed = max(needed, int(labels.max()) + 1 if len(labels) else 0)
+                if name in samples:
+                    known.update(zip(labels.tolist(), samples[name].astype(str)))
+        return names + [known.get(label, str(label)) for label in range(len(names), needed)]
 
 
 def _process_alive(pid: Any, host: Any) -> bool:

@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,18 +60,13 @@ class Probe:
 
 def check_run_name(name) -> str:
     """Raise :class:`FtvizError` unless ``name`` is a plain folder name; returns it."""
+    from ftviz.config import plain_run_name
+
     text = str(name)
-    problems = []
-    if text in ("", ".", ".."):
-        problems.append("it is empty, '.' or '..'")
-    if any(sep in text for sep in {"/", "\\", os.sep, os.altsep or "/"}):
-        problems.append("it contains a path separator")
-    if any(unicodedata.category(ch)[0] == "C" for ch in text):
-        problems.append("it contains NUL or control characters")
-    if problems:
+    if not plain_run_name(text):
         raise FtvizError(
-            f"run name {text!r} is not a plain folder name ({'; '.join(problems)}): "
-            "give a name such as --set name=my-run (the folder goes inside out_dir)"
+            f"run name {text!r} is not a plain folder name (not '.' or '..', no '/' or '\\', no control "
+            "characters): give a name such as --set name=my-run (the folder goes inside out_dir)"
         )
     return text
 

@@ -103,7 +103,7 @@ def build_table(run: RunDir):
     if len(embedding) != count:
         raise FtvizError(f"{run.path}: snapshot {last} has {len(embedding)} rows, not {count}; rerun training")
 
-    class_names = _class_names(manifest, samples)
+    class_names = _class_names(run, samples, at_last["predicted_label"])
 
     def category(labels):
         return pd.Categorical.from_codes(np.asarray(labels, dtype=np.int64), categories=class_names)
@@ -151,29 +151,22 @@ SUSPICION_COLUMNS = {
     "outlier_rank": "outlier_rank",
 }
 
-SUSPICION_CORE = ("id", "suspicion", "suspicion_rank", "is_label_issue", "issue_step")
-
-
 def suspicion_columns(run: RunDir, count: int) -> dict:
     """The detect stage's columns (:data:`SUSPICION_COLUMNS`), in id order; none without
-    ``suspicion.parquet``."""
-    if not run.file("suspicion.parquet").is_file():
+    ``suspicion.parquet`` (read and checked by :meth:`ftviz.rundir.RunDir.suspicion`)."""
+    table = run.suspicion(optional=True, count=count)
+    if table is None:
         return {}
-    table = run.read_parquet("suspicion.parquet").sort_values("id").reset_index(drop=True)
-    if not np.array_equal(table["id"].to_numpy(), np.arange(count)) or not set(SUSPICION_CORE) <= set(table):
-        raise FtvizError(f"{run.path}: suspicion.parquet does not match the probe; rerun `ftviz detect {run.path}`")
     # Detector columns a run from an earlier ftviz did not write are left out, not refused.
     return {name: table[source].to_numpy() if source != "issue_step" else table[source].array
             for source, name in SUSPICION_COLUMNS.items() if source in table}
 
 
 def _scores_at(run: RunDir, scores, step: int, count: int):
-    """scores.parquet at ``step``, one row per sample in id order (the shared per-frame reader)."""
+    """scores.parquet at ``step``, one row per sample in id order (the run's per-frame reader)."""
     import pandas as pd
 
-    from ftviz.render.data import scores_per_frame
-
-    per_frame = scores_per_frame(run, steps=[step], n_points=count, scores=scores, complete=True)
+    per_frame = run.frame_scores(steps=[step], count=count, scores=scores, complete=True)
     return pd.DataFrame({name: values[0] for name, values in per_frame.items() if name != "present"})
 
 
@@ -186,15 +179,10 @@ def first_issue_steps(scores, count: int):
     return pd.array(first.reindex(range(count)).to_numpy(), dtype="Int64")
 
 
-def _class_names(manifest: dict, samples) -> list[str]:
-    """Category names indexed by label; unique, since Spotlight keys categories by name."""
-    names = [str(n) for n in manifest.get("dataset", {}).get("class_names") or []]
-    labels = samples["given_label"].to_numpy()
-    if "true_label" in samples:
-        labels = np.concatenate([labels, samples["true_label"].to_numpy()])
-    needed = int(labels.max()) + 1 if len(labels) else 0
-    if len(names) < needed:
-        names += [str(i) for i in range(len(names), needed)]
+def _class_names(run: RunDir, samples, predicted) -> list[str]:
+    """Category names indexed by label (:meth:`ftviz.rundir.RunDir.class_names`, covering the
+    ``predicted`` labels too); unique, since Spotlight keys categories by name."""
+    names = run.class_names(int(np.max(np.asarray(predicted), initial=-1)) + 1, samples=samples)
     if len(set(names)) != len(names):
         names = [f"{i}: {name}" for i, name in enumerate(names)]
     return names

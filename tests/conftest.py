@@ -18,9 +18,8 @@ def tiny_config(tmp_path, name: str = "tiny", **sections):
 
     ``sections`` override whole keys, e.g. ``train={"epochs": 1}``.
     """
-    from ftviz.config import ExperimentConfig, _apply, validate
+    from ftviz.config import ExperimentConfig
 
-    config = ExperimentConfig()
     values = {
         "name": name,
         "out_dir": str(tmp_path),
@@ -34,9 +33,7 @@ def tiny_config(tmp_path, name: str = "tiny", **sections):
             values[key] = {**values[key], **value}
         else:
             values[key] = value
-    _apply(config, values, "")
-    validate(config)
-    return config
+    return ExperimentConfig.from_dict(values)
 
 
 @pytest.fixture(scope="session")

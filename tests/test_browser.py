@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
@@ -77,6 +78,21 @@ def tolerance(frames: np.ndarray) -> float:
     return float((frames.max(axis=(0, 1)) - frames.min(axis=(0, 1))).max() / (2**COORDINATE_BITS - 1) * 1.01 + 1e-6)
 
 
+def suspicion_by_rank(run) -> pd.DataFrame:
+    """suspicion.parquet, most suspicious first (equal suspicion: smaller id first)."""
+    table = pd.read_parquet(run.file("suspicion.parquet"))
+    return table.sort_values(["suspicion", "id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def ids_of_shown_points(xs, ys, frame: np.ndarray, tol: float) -> np.ndarray:
+    """The sample id of each point a trace shows, found by its position in ``frame`` (N, 2)."""
+    from scipy.spatial import cKDTree
+
+    distance, ids = cKDTree(frame).query(np.stack([xs, ys], axis=1))
+    assert distance.max() <= tol and len(set(ids.tolist())) == len(ids), "points are not one per sample"
+    return ids
+
+
 def test_page_opens_without_errors_and_shows_the_run(page, tiny_run):
     assert page.evaluate("window.ftviz.ready"), page.inner_text("#error")
     assert page.errors == []
@@ -91,22 +107,28 @@ def test_page_opens_without_errors_and_shows_the_run(page, tiny_run):
         assert np.abs(np.stack([points["x"], points["y"]], 1) - frames[t]).max() <= tolerance(frames)
     assert np.abs(displayed(page) - frames[0]).max() <= tolerance(frames)
     legend = page.locator("#scatter .legendtext").all_text_contents()
-    suspicion = page.evaluate("window.ftviz.meta.suspicion")
-    ringed = "most suspicious" if suspicion else "top outliers"
-    assert set(manifest["dataset"]["class_names"]) <= set(legend) and ringed in legend
+    assert tiny_run.stage_status("detect") == "done"  # the shared run has suspicion.parquet
+    assert set(manifest["dataset"]["class_names"]) <= set(legend) and "most suspicious" in legend
     # Every probe point is drawn once, in the class traces.
     drawn = page.evaluate("document.getElementById('scatter').data.slice(0, -2).reduce((n, t) => n + t.x.length, 0)")
     assert drawn == frames.shape[1]
-    # The first frame's top outliers (or, with suspicion.parquet, the most suspicious labels)
-    # are listed with their thumbnails, rank and detector.
+    # The most suspicious labels of suspicion.parquet are listed by rank, with their
+    # thumbnails, rank, suspicion and detector.
     page.wait_for_function("window.ftviz.thumbnailsLoaded === true")
     cards = page.locator("#outliers .outlier:not([hidden])")
     assert cards.count() == manifest["config"]["score"]["top"]
-    top = [entry["id"] for entry in suspicion["top"]] if suspicion else page.evaluate("window.ftviz.meta.top[0]")
-    assert [int(cards.nth(j).get_attribute("data-id")) for j in range(cards.count())] == top
+    expected = suspicion_by_rank(tiny_run).head(cards.count())
+    first_step = int(tiny_run.projection()["step"].iloc[0])
+    assert [int(cards.nth(j).get_attribute("data-id")) for j in range(cards.count())] == expected["id"].tolist()
     N = frames.shape[1]
-    assert cards.nth(0).locator(".rank").inner_text() == f"#1 of {N}"
-    assert cards.nth(0).locator(".detector").first.inner_text() != ""
+    for j, row in enumerate(expected.itertuples()):
+        card = cards.nth(j)
+        assert card.locator(".rank").inner_text() == f"#{j + 1} of {N}"
+        assert float(card.locator(".score").inner_text()) == pytest.approx(row.suspicion, abs=5e-4 + 1e-9)
+        assert card.locator(".detector").first.inner_text() != ""
+        # Red from the step on which the detector flags it for good.
+        flagged_now = bool(row.is_label_issue) and (pd.isna(row.issue_step) or row.issue_step <= first_step)
+        assert ("issue" in card.get_attribute("class").split()) == flagged_now
 
 
 def test_slider_moves_the_frame(page, tiny_run):
@@ -282,36 +304,75 @@ def test_screenshot_shows_the_points(page, tiny_run, tmp_path):
 
 
 def test_suspicion_colours_and_detector_table(page, tiny_run):
-    """With the detect stage's files: colour by suspicion, and the detector table follows the frame."""
-    import pandas as pd
-
-    if not tiny_run.file("detectors.parquet").is_file():
-        pytest.skip("this run has no detectors.parquet (no injected noise or no detect stage)")
-    suspicion = pd.read_parquet(tiny_run.file("suspicion.parquet")).sort_values("id")
-    detectors = pd.read_parquet(tiny_run.file("detectors.parquet"))
+    """Colour by suspicion: each point's colour is its suspicion.parquet value (by id); the
+    detector table shows detectors.parquet cell by cell and follows the frame."""
+    suspicion = pd.read_parquet(tiny_run.file("suspicion.parquet")).set_index("id").sort_index()
+    detectors = pd.read_parquet(tiny_run.file("detectors.parquet"))  # the shared run has noise: never absent
+    frames = tiny_run.frames()
     page.evaluate("window.ftviz.setColorBy('suspicion')")
     page.wait_for_function("document.getElementById('scatter').data[0].name === 'label suspicion'")
-    colours = np.array(page.evaluate("Array.from(document.getElementById('scatter').data[0].marker.color)"))
-    assert len(colours) == len(suspicion) and (np.diff(colours) >= -1e-9).all()  # most suspicious on top
+    trace = page.evaluate("""() => { const t = document.getElementById('scatter').data[0];
+                                     return {x: Array.from(t.x), y: Array.from(t.y), c: Array.from(t.marker.color)}; }""")
+    ids = ids_of_shown_points(trace["x"], trace["y"], frames[page.evaluate("window.ftviz.frame")], tolerance(frames))
+    assert sorted(ids.tolist()) == suspicion.index.tolist()  # every sample once
     values = suspicion["suspicion"].to_numpy()
-    span = values.max() - values.min()
-    assert colours.max() == pytest.approx(values.max(), abs=span / 254 + 1e-9)
+    step = (values.max() - values.min()) / 254  # 255 levels
+    np.testing.assert_allclose(trace["c"], values[ids], atol=step / 2 + 1e-6)
+    assert (np.diff(trace["c"]) >= -1e-9).all()  # most suspicious drawn last, on top
+
     assert not page.locator("#detectors-card").is_hidden()
+    digits = {"auroc": 3, "average_precision": 3, "precision": 2, "recall": 2, "f1": 2, "n_flagged": 0}
     steps = tiny_run.projection()["step"].tolist()
     for frame in (0, len(steps) - 1):
         page.evaluate(f"window.ftviz.goTo({frame}, 0)")
         settle(page, frame)
         expected = detectors[detectors["step"].isna() | (detectors["step"] == steps[frame])]
-        shown = page.locator("#detectors tbody tr")
-        assert shown.count() == len(expected)
-        names = [shown.nth(i).get_attribute("data-detector") for i in range(shown.count())]
-        assert names == expected["detector"].astype(str).tolist()
+        shown = page.evaluate("""() => Array.from(document.querySelectorAll('#detectors tbody tr'),
+                                     (tr) => Array.from(tr.cells, (td) => td.textContent))""")
+        assert len(shown) == len(expected)
+        for cells, record in zip(shown, expected.to_dict("records")):
+            name = record["detector"] + ("" if pd.isna(record["step"]) else f" @ {int(record['step'])}")
+            assert cells[0] == name
+            for cell, (metric, places) in zip(cells[1:], digits.items()):
+                if pd.isna(record[metric]):
+                    assert cell == "–", (name, metric)
+                else:  # as printed: within half a unit of the last place shown
+                    assert float(cell) == pytest.approx(float(record[metric]), abs=0.5 * 10.0**-places + 1e-9), (name, metric)
     # The card list can switch to the frame's top outliers and back.
     page.select_option("#cards-by", "outliers")
     top = page.evaluate(f"window.ftviz.meta.top[{len(steps) - 1}]")
     ids = [int(page.locator("#outliers .outlier").nth(j).get_attribute("data-id")) for j in range(len(top))]
     assert ids == top and "Top outliers" in page.inner_text("#cards-title")
     assert page.errors == []
+
+
+def test_hostile_names_show_as_text(browser, tiny_run, tmp_path):
+    """Class and run names that are markup: the page loads, shows them literally, makes no links."""
+    from tests.test_render import HOSTILE_NAMES, HOSTILE_RUN_NAME, make_hostile_run
+
+    run = make_hostile_run(tiny_run, tmp_path / "run")
+    context = browser.new_context(viewport={"width": 1400, "height": 800})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.goto(run.file("animation.html").as_uri())
+    opened.wait_for_function("window.ftviz && (window.ftviz.ready || !document.getElementById('error').hidden)",
+                             timeout=120_000)
+    assert opened.evaluate("window.ftviz.ready"), opened.inner_text("#error")
+    assert errors == []
+    assert opened.inner_text("#title").startswith(HOSTILE_RUN_NAME)
+    titles = dict(opened.evaluate("window.ftviz.meta.colorModes"))
+    for mode in ("label", "prediction"):
+        opened.evaluate(f"window.ftviz.setColorBy('{mode}')")
+        opened.wait_for_function(f"document.getElementById('scatter').layout.legend.title.text === {titles[mode]!r}")
+        legend = opened.locator("#scatter .legendtext").all_text_contents()
+        print(mode, legend, opened.evaluate("document.getElementById('scatter').data.map(t => [t.name, t.x.length, t.showlegend])"))
+        assert set(HOSTILE_NAMES) <= set(legend), mode
+        # No element made from a name: no link anywhere, no image or styled text in the plot.
+        assert opened.evaluate("document.querySelectorAll('a, #scatter img, #scatter image, #scatter b, "
+                               "#scatter i').length") == 0, mode
+    assert opened.evaluate("window.pwned === undefined")
+    context.close()
 
 
 def test_the_page_names_its_projection(page, browser, tiny_run, tmp_path):

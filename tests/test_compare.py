@@ -478,3 +478,87 @@ def test_the_page_plays_in_chromium(compared, tiny_run):
     first_class = samples["true_label"].min()
     ids = np.flatnonzero((samples["true_label"].to_numpy() == first_class) & ~samples["is_noisy"].to_numpy())
     np.testing.assert_allclose(state["x0"], frames[last, ids[:3], 0], rtol=1e-5)
+
+
+# ---- names people chose: text, never markup ----------------------------------------------------------
+HOSTILE_FOLDERS = ("<a href=javascript:alert(1)>one", "two &amp; <i>")
+MARKUP = ("<a ", "<a>", "<img", "<i>", "<!--", "</script")
+
+
+@pytest.fixture
+def hostile_compared(tiny_run, tmp_path):
+    """Two copies of the tiny run in folders named like markup, with markup class names, compared."""
+    from tests.test_render import make_hostile_run
+
+    paths = [make_hostile_run(tiny_run, tmp_path / "runs" / name, render=False).path for name in HOSTILE_FOLDERS]
+    return compare.compare_runs(paths, out=tmp_path / "out", log=lambda *_: None), paths
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_hostile_names_reach_plotly_escaped(hostile_compared):
+    from ftviz.render.page import plotly_text
+    from tests.test_render import HOSTILE_NAMES
+
+    page, _ = hostile_compared
+    figure = page_figure(page)
+    every = list(_strings(figure))
+    assert not [text for text in every if any(tag in text for tag in MARKUP)]
+    labels = [plotly_text(name) for name in HOSTILE_FOLDERS]
+    names = {trace.get("name") for trace in figure["data"]}
+    shown_classes = {HOSTILE_NAMES[c] for c in RunDir(hostile_compared[1][0]).samples()["true_label"].unique()}
+    assert {plotly_text(name) for name in shown_classes} | set(labels) <= names
+    table = next(trace for trace in figure["data"] if trace["type"] == "table")
+    assert table["cells"]["values"][0] == labels
+    assert [f"<b>CKA vs {label}</b>" for label in labels] == table["header"]["values"][-2:]
+    titles = [annotation["text"] for annotation in figure["layout"]["annotations"]]
+    assert [title.split(" · ")[0] for title in titles[:2]] == [f"<b>{label}</b>" for label in labels]
+    # The table file keeps the names as they are: it is data, not markup.
+    assert pd.read_parquet(page.parent / "compare.parquet")["run"].unique().tolist() == list(HOSTILE_FOLDERS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt install chromium)")
+def test_hostile_names_show_as_text_in_chromium(hostile_compared):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_render import HOSTILE_NAMES
+
+    page_path, paths = hostile_compared
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_path.as_uri())
+            page.wait_for_function("document.querySelector('.js-plotly-plot') && "
+                                   "document.querySelector('.js-plotly-plot')._fullLayout", timeout=60_000)
+            state = page.evaluate("""() => {
+                const gd = document.querySelector('.js-plotly-plot');
+                return {legend: Array.from(gd.querySelectorAll('.legendtext'), (e) => e.textContent),
+                        titles: Array.from(gd.querySelectorAll('.annotation-text'), (e) => e.textContent),
+                        cells: Array.from(gd.querySelectorAll('.table .cell-text'), (e) => e.textContent),
+                        links: document.querySelectorAll('a').length,
+                        images: gd.querySelectorAll('img, image').length,
+                        pwned: window.pwned === undefined ? null : window.pwned};
+            }""")
+        finally:
+            browser.close()
+    assert not errors
+    shown_classes = {HOSTILE_NAMES[c] for c in RunDir(paths[0]).samples()["true_label"].unique()}
+    assert shown_classes | set(HOSTILE_FOLDERS) <= set(state["legend"])
+    assert [title.split(" · ")[0] for title in state["titles"][:2]] == list(HOSTILE_FOLDERS)
+    # A long name wraps over lines (tspans) of its cell, which textContent joins without the space.
+    cells = [re.sub(r"\s", "", text) for text in state["cells"]]
+    assert [re.sub(r"\s", "", name) for name in HOSTILE_FOLDERS] == cells[:2]
+    assert state["links"] == 0 and state["images"] == 0 and state["pwned"] is None

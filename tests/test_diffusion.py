@@ -192,6 +192,36 @@ def test_save_and_load_gives_the_same_embeddings_and_logits(tmp_path):
         create_model("ddpm_tiny", num_classes=7, image_size=16, pretrained=str(tmp_path))
 
 
+
+class _RunsCode:
+    """Pickles as a call to os.mkdir: loading it with weights_only=False makes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_load_refuses_a_probe_head_that_holds_code(tmp_path):
+    """probe_head.pt is read with weights_only=True: a shared model folder whose head file
+    carries a pickled call is refused with one line, and the call never runs."""
+    model = _model()
+    model.training_loss(_pixels(model), torch.tensor([0, 1, 2, 3, 0, 1]))
+    model.save_pretrained(tmp_path / "model")
+    head = tmp_path / "model" / "probe_head.pt"
+    saved = torch.load(head, weights_only=True)
+    marker = tmp_path / "code-ran"
+    torch.save({**saved, "extra": _RunsCode(marker)}, head)
+    with pytest.raises(FtvizError, match=r"probe_head\.pt is damaged or holds objects") as error:
+        create_model("ddpm_tiny", num_classes=4, image_size=16, pretrained=str(tmp_path / "model"))
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+    torch.load(head, weights_only=False)  # the unsafe way does run it
+    assert marker.is_dir()
+
 @pytest.mark.slow
 def test_diffusion_run_end_to_end(tmp_path):
     """train -> score -> project -> render, with a generated-sample grid at every snapshot."""

@@ -228,6 +228,57 @@ def test_one_checkpoint_folder(trained, tmp_path):
     assert run.snapshot_steps() == [4]
 
 
+def rows_in(images: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """For each image, the row of ``pool`` that holds it (-1 where none does)."""
+    index = {image.tobytes(): row for row, image in enumerate(pool)}
+    return np.array([index.get(image.tobytes(), -1) for image in images])
+
+
+def test_probe_drawn_from_the_training_split(trained, tmp_path):
+    """--probe train --probe-size 20: 20 of the 100 training images, two per class, with their
+    labels, and the snapshot rows are those images through the checkpoint's model."""
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    checkpoint = trained["out"] / "checkpoint-4"
+    args = embed_args(trained, tmp_path, "--probe", "train", "--probe-size", "20", checkpoints=checkpoint)
+    assert ftviz_main(args) == 0
+    run = RunDir(tmp_path / "ingested")
+    images, train, test = run.probe_images(), trained["train"], trained["test"]
+    assert images.shape == (20, 32, 32, 3)
+    rows = rows_in(images, train.images)
+    assert (rows >= 0).all() and len(set(rows)) == 20  # drawn from the training split, each once
+    assert (rows_in(images, test.images) < 0).all()  # and not from the test split
+    labels = run.samples()["given_label"].to_numpy()
+    np.testing.assert_array_equal(labels, train.labels[rows])
+    assert np.bincount(labels, minlength=10).tolist() == [2] * 10  # stratified
+    manifest = run.manifest()
+    assert manifest["probe_size"] == 20 and manifest["config"]["data"]["probe"] == "train"
+    model = ViTForImageClassification.from_pretrained(checkpoint).eval()
+    pixels = AutoImageProcessor.from_pretrained(checkpoint)(list(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cls = model.vit(pixels).last_hidden_state[:, 0].numpy()
+    np.testing.assert_allclose(run.load_snapshot(4)[0].astype(np.float32), cls, rtol=2e-3, atol=2e-3)
+
+
+def test_probe_size_subsets_the_test_split(trained, tmp_path, capsys):
+    """--probe-size 10 of the 30 test images (one per class); more than the split holds is a
+    one-line error before anything is written."""
+    checkpoint = trained["out"] / "checkpoint-2"
+    assert ftviz_main(embed_args(trained, tmp_path / "runs", "--probe-size", "10", checkpoints=checkpoint)) == 0
+    run = RunDir(tmp_path / "runs" / "ingested")
+    rows = rows_in(run.probe_images(), trained["test"].images)
+    assert len(rows) == 10 and (rows >= 0).all() and len(set(rows)) == 10
+    labels = run.samples()["given_label"].to_numpy()
+    np.testing.assert_array_equal(labels, trained["test"].labels[rows])
+    assert sorted(labels.tolist()) == list(range(10))
+    assert run.load_snapshot(2)[0].shape == (10, 32)
+
+    args = embed_args(trained, tmp_path / "other", "--probe-size", "31", checkpoints=checkpoint)
+    assert ftviz_main(args) == 2
+    assert "data.probe_size = 31 but the cifar10 test split" in one_line_error(capsys)
+    assert not (tmp_path / "other").exists()
+
+
 def test_find_checkpoints_orders_by_step(tmp_path):
     for step in (100, 20, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()

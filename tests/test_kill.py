@@ -96,9 +96,31 @@ def check_stop(run: RunDir, point: str, expected: dict) -> None:
         elif key == "resume_step":
             import torch
 
-            assert torch.load(run.weights_dir / "latest.pt", weights_only=False)["step"] == value, point
+            assert torch.load(run.weights_dir / "latest.pt", weights_only=True)["step"] == value, point
         else:
             assert statuses[key] == value, (point, statuses)
+
+
+def file_states(run: RunDir) -> dict[str, tuple[int, bytes]]:
+    """Every file of the run directory: its modification time (ns) and bytes."""
+    return {str(p.relative_to(run.path)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(run.path.rglob("*")) if p.is_file()}
+
+
+def check_only_render_redone(run: RunDir, before: dict[str, tuple[int, bytes]], stages_before: dict) -> None:
+    """After a rerun of a run stopped in render: no file of train to project was rewritten or
+    removed (snapshots, metrics, weights, scores, suspicion, frames, projection keep their
+    bytes and times), their stage records are unchanged, and the page is new."""
+    after = file_states(run)
+    assert set(before) - set(after) == set()
+    rewritten = {name for name in after if before.get(name) != after[name]}
+    assert rewritten == {"animation.html", "run.json"}, rewritten
+    last_snapshot = f"snapshots/step-{run.snapshot_steps()[-1]:07d}.npz"
+    for name in (last_snapshot, "scores.parquet", "frames.npy"):
+        assert name in before, name  # the files the claim is about were there to compare
+    stages = run.manifest()["stages"]
+    for name in ("train", "score", "detect", "project"):
+        assert stages[name] == stages_before[name], name
 
 
 def leftovers(run: RunDir) -> list[str]:
@@ -175,9 +197,12 @@ def test_run_killed_anywhere_resumes_to_the_same_result(reference_run, tmp_path)
             assert not run.manifest_path.exists() and leftovers(run), point
         else:
             check_stop(run, point, expected)
+    # the last stop is in render: the rerun must redo render alone
+    before, stages_before = file_states(run), run.manifest()["stages"]
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, reference_run)
+    check_only_render_redone(run, before, stages_before)
 
 
 @pytest.mark.slow
@@ -229,14 +254,12 @@ def test_embed_killed_anywhere_resumes_to_the_same_result(trainer_output, tmp_pa
     for point, signal_name, expected in EMBED_STOPS:
         stopped(ftviz(args, kill_at=point, signal_name=signal_name), signal_name)
         check_stop(run, point, expected)
-    before = run.manifest()["stages"]
+    before, stages_before = file_states(run), run.manifest()["stages"]
     result = ftviz(args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_result(run, RunDir(reference_dir / "kill"))
     # Stopped during render: the rerun embeds nothing and redoes only the stages not done.
-    after = run.manifest()["stages"]
-    for name in ("train", "score", "detect", "project"):
-        assert after[name] == before[name], name
+    check_only_render_redone(run, before, stages_before)
 
 
 # ---- a damaged run.json ---------------------------------------------------------------------
@@ -257,7 +280,11 @@ def test_damaged_run_json_is_one_line_that_says_how_to_recover(tiny_run, tmp_pat
     for command in (["score", str(run_path), "-q"], ["render", str(run_path), "-q"]):
         assert main(command) == 2
         error = _one_line_error(capsys)
-        assert "run.json" in error and "--force" in error, error
-    # the command that makes runs names the way out too
-    assert main(["run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=damaged"]) == 2
-    assert "--force" in _one_line_error(capsys)
+        assert "run.json" in error and "delete" in error, error
+    # the command that makes runs refuses it, --force too: an unreadable run.json is not proof
+    # that the folder is an ftviz run, so nothing is deleted
+    for force in ([], ["--force"]):
+        assert main(["run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=damaged", *force]) == 2
+        assert "not an ftviz run" in _one_line_error(capsys)
+        assert (run_path / "snapshots").is_dir() and manifest.read_text() == {
+            "truncated": text[: len(text) // 2], "empty": "", "not an object": "[1, 2]"}[damage]

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -182,3 +184,94 @@ def test_project_stage_records_the_method_and_fails_cleanly(tiny_run, tmp_path):
     projection = run.projection()
     assert projection["explained_variance"].isna().all() and projection["knn_overlap"].notna().all()
     assert run.frames().shape == tiny_run.frames().shape
+
+
+# ---- input the projection cannot use: one line, nothing written ---------------------------------
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path):
+    import shutil
+
+    from ftviz.rundir import RunDir
+
+    return RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+
+
+def _rewrite_embeddings(run, change) -> None:
+    """Every snapshot's embedding replaced by ``change(step, embedding)``; logits kept.
+
+    As if training had written them so: the frames recorded from the old snapshots go too.
+    """
+    import shutil
+
+    for step in run.snapshot_steps():
+        embedding, logits = run.load_snapshot(step)
+        run.write_snapshot(step, change(step, embedding.copy()), logits)
+    shutil.rmtree(run.path / "analysis", ignore_errors=True)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ftviz: error:") and err.count("\n") == 0 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_constant_embeddings_are_refused_in_one_line(run_copy, capsys, method):
+    from ftviz.cli import main
+
+    if method == "tsne":
+        pytest.importorskip("openTSNE")
+    _rewrite_embeddings(run_copy, lambda step, embedding: np.ones_like(embedding))  # a dead network
+    before = run_copy.file("frames.npy").read_bytes()
+    assert main(["project", str(run_copy.path), "-q", "--set", f"project.method={method}",
+                 "--set", "project.first_iter=50", "--set", "project.iter=5"]) == 2
+    err = _one_line_error(capsys)
+    first = run_copy.snapshot_steps()[0]
+    assert f"snapshot step {first}" in err and "same embedding" in err
+    assert run_copy.file("frames.npy").read_bytes() == before
+
+
+def test_nan_embeddings_are_refused_in_one_line(run_copy, capsys):
+    from ftviz.cli import main
+
+    bad = run_copy.snapshot_steps()[3]
+
+    def poison(step, embedding):
+        if step == bad:
+            embedding[7, 2] = np.nan
+        return embedding
+
+    _rewrite_embeddings(run_copy, poison)
+    assert main(["project", str(run_copy.path), "-q"]) == 2
+    err = _one_line_error(capsys)
+    assert f"snapshot step {bad}" in err and "NaN" in err and "rerun training" in err
+
+
+def test_projector_names_the_frame_it_cannot_project():
+    from ftviz.errors import FtvizError
+
+    snapshots = np.random.default_rng(0).normal(size=(3, 50, 4))
+    snapshots[1] = 2.5  # every row the same point
+    with pytest.raises(FtvizError, match="snapshot 1: every probe sample has the same embedding"):
+        FrameProjector().fit_transform(snapshots)
+    snapshots[1] = np.random.default_rng(1).normal(size=(50, 4))
+    snapshots[2, 0, 0] = np.inf
+    with pytest.raises(FtvizError, match="snapshot 2 holds NaN or infinite"):
+        FrameProjector().fit_transform(snapshots)
+
+
+@pytest.mark.parametrize(("method", "module", "package"), [("tsne", "openTSNE", "openTSNE"),
+                                                            ("umap", "umap", "umap-learn")])
+def test_a_missing_projection_library_is_one_line(run_copy, capsys, monkeypatch, method, module, package):
+    from ftviz.cli import main
+    from ftviz.errors import FtvizError
+
+    monkeypatch.setitem(sys.modules, module, None)  # import now fails, as when it is not installed
+    before = run_copy.file("frames.npy").read_bytes()
+    assert main(["project", str(run_copy.path), "-q", "--set", f"project.method={method}"]) == 2
+    err = _one_line_error(capsys)
+    assert package in err and "pip install 'ftviz[projection]'" in err and "project.method=pca" in err
+    assert run_copy.file("frames.npy").read_bytes() == before
+    assert run_copy.stage_status("project") == "done"  # refused before any work
+    with pytest.raises(FtvizError, match=package):  # the library route says the same
+        FrameProjector(method=method).fit_transform(np.random.default_rng(0).normal(size=(2, 40, 5)))

@@ -78,3 +78,63 @@ def test_bf16_candidate_search_returns_exact_distances():
     exact = cosine_knn_distances(features, k=10, search="fp32")
     coarse_then_exact = cosine_knn_distances(features, k=10, search="bf16", block=512)
     np.testing.assert_allclose(coarse_then_exact, exact, atol=1e-6)
+
+
+# ---- the score stage's file against Cleanlab on the stored snapshot -------------------------------
+def test_scores_parquet_is_cleanlab_on_the_snapshot_it_came_from(tiny_run):
+    """One frame of scores.parquet, recomputed from its snapshot with Cleanlab itself, by id."""
+    import pandas as pd
+    from cleanlab.filter import find_label_issues
+    from cleanlab.outlier import OutOfDistribution
+    from cleanlab.rank import get_label_quality_scores
+    from scipy.special import softmax as scipy_softmax
+
+    step = tiny_run.snapshot_steps()[-2]  # a trained frame, not the last (detect reads that one)
+    embedding, logits = tiny_run.load_snapshot(step)
+    samples = tiny_run.samples().sort_values("id")
+    labels = samples["given_label"].to_numpy()
+    k = tiny_run.manifest()["config"]["score"]["k"]
+    probs = scipy_softmax(logits.astype(np.float64), axis=1)
+    expected = pd.DataFrame({
+        "id": samples["id"].to_numpy(),
+        "outlier": 1.0 - OutOfDistribution(params={"k": k}).fit_score(features=embedding.astype(np.float64),
+                                                                      verbose=False),
+        "quality": get_label_quality_scores(labels, probs),
+        "issue": find_label_issues(labels, probs, n_jobs=1),
+        "predicted": probs.argmax(axis=1),
+    })
+    scores = tiny_run.scores()
+    stored = scores[scores["step"] == step]
+    assert len(stored) == len(samples) and stored["id"].is_unique
+    both = expected.merge(stored, on="id", validate="one_to_one")
+    assert len(both) == len(samples)
+    # The stage's cosines are float32: on this tight little cloud (scores' scale is the median
+    # neighbour distance) that moves a score by up to ~1.2e-4 from Cleanlab's float64 value
+    # (Cleanlab's own float32 run differs from its float64 one by 0.9e-4).
+    np.testing.assert_allclose(both["outlier_score"], both["outlier"], atol=5e-4)
+    assert set(both.nlargest(8, "outlier_score")["id"]) == set(both.nlargest(8, "outlier")["id"])
+    np.testing.assert_allclose(both["label_quality"], both["quality"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(both["is_label_issue"], both["issue"])
+    np.testing.assert_array_equal(both["predicted_label"], both["predicted"])
+    assert both["issue"].any() and not both["issue"].all()  # a frame where the flags say something
+
+
+def test_score_refuses_a_snapshot_with_nan_in_one_line(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from ftviz.cli import main
+    from ftviz.rundir import RunDir
+
+    run = RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+    step = run.snapshot_steps()[2]
+    embedding, logits = run.load_snapshot(step)
+    logits = logits.copy()
+    logits[5, 1] = np.nan
+    run.write_snapshot(step, embedding, logits)
+    shutil.rmtree(run.path / "analysis", ignore_errors=True)  # frames scored before the NaN was written
+    before = run.file("scores.parquet").read_bytes()
+    assert main(["score", str(run.path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert f"snapshot step {step}" in err and "NaN" in err and "rerun training" in err
+    assert run.file("scores.parquet").read_bytes() == before  # nothing half-written

@@ -153,7 +153,7 @@ def test_size_budget_per_point_and_frame(tiny_run):
     rest = len(raw) - plotly_bytes - thumbnails
     assert rest - points < 120_000
     # The per-point blob: 14-bit coordinates and the scores, deflated, in base64.
-    assert points / (N * T) <= 8.0
+    assert points / (N * T) < 6.0  # the README: under 6 bytes per point and frame
     # The renderer's report agrees with the file.
     _, sizes = build_page(load_animation_data(tiny_run))
     assert sizes["total"] == len(raw) and sizes["points"] == points and sizes["thumbnails"] == thumbnails
@@ -392,3 +392,105 @@ def test_png_panel_shows_the_first_and_last_frames(run_copy, tmp_path):
     assert three.shape[1] == 24 * 2 + 3 * side + 2 * 20
     with pytest.raises(FtvizError, match="--format png"):
         render_run(run_copy, output_format="gif", steps="first,last", out=tmp_path / "x.gif")
+
+
+# ---- names people chose: shown as text, never as markup -----------------------------------------
+# Class names come from folder names and dataset metadata, run names from the user.
+HOSTILE_NAMES = [
+    "<!--<script>",  # opens a script's escape state: the old "</"-only escaping broke the page
+    '<a href="https://example.com/">link</a>',  # plotly reads tags in labels: a live link
+    "</script><b>bold</b>",
+    "cats & dogs &amp;",
+    '<img src=x onerror="window.pwned = 1">',
+    "it's \"quoted\"",
+    "<br>broken<br>line",
+    "class7", "class8", "class9",
+]
+HOSTILE_RUN_NAME = '<a href="https://example.com/">run</a> & <i>co</i>'
+
+
+def make_hostile_run(tiny_run, path, *, render: bool = True) -> RunDir:
+    """A copy of the tiny run whose class names and run name are markup (its page rendered again)."""
+    run = RunDir(shutil.copytree(tiny_run.path, path))
+    samples = run.samples()
+    samples["class_name"] = [HOSTILE_NAMES[c] for c in samples["given_label"]]
+    samples["true_class_name"] = [HOSTILE_NAMES[c] for c in samples["true_label"]]
+    samples.to_parquet(run.file("samples.parquet"), index=False)
+    manifest = run.manifest()
+    run.update_manifest(name=HOSTILE_RUN_NAME, dataset={**manifest["dataset"], "class_names": HOSTILE_NAMES})
+    if render:
+        render_run(run)
+    return run
+
+
+def test_json_in_a_script_element_holds_no_markup_characters():
+    from ftviz.render.page import _json_for_script
+
+    value = {"names": HOSTILE_NAMES, "nested": [{"x": "a</script>b<!--c-->&d"}], "n": 1.5}
+    text = _json_for_script(value)
+    assert not set("<>&") & set(text)
+    assert json.loads(text) == value
+
+
+def test_hostile_names_reach_the_page_as_text(tiny_run, tmp_path):
+    run = make_hostile_run(tiny_run, tmp_path / "run")
+    page = run.file("animation.html").read_text()
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    assert meta["classNamesText"] == HOSTILE_NAMES
+    # What plotly gets: entities for <, > and &, which it shows as the characters.
+    assert meta["classNames"] == [html.escape(name, quote=False) for name in HOSTILE_NAMES]
+    assert not any("<" in name or ">" in name for name in meta["classNames"])
+    # The metadata element is one element: nothing inside it can end it or open a comment.
+    meta_text = script_text(page, "ftviz-meta")
+    assert "<" not in meta_text and "&" not in meta_text
+    assert page.count('id="ftviz-meta"') == 1
+    # The run's name shows escaped in the markup and literally in the metadata.
+    assert f"<title>{html.escape(meta['title'])}</title>" in page and HOSTILE_RUN_NAME in meta["title"]
+    assert HOSTILE_RUN_NAME not in page.split('<script type="application/json" id="ftviz-meta">')[0]
+
+
+def test_suspicion_cards_are_suspicion_parquet_by_rank(tiny_run):
+    """The cards' samples, order, values and detectors, against the detect stage's file."""
+    import pandas as pd
+
+    meta = json.loads(script_text(tiny_run.file("animation.html").read_text(), "ftviz-meta"))
+    table = pd.read_parquet(tiny_run.file("suspicion.parquet"))
+    top = meta["suspicion"]["top"]
+    assert len(top) == tiny_run.manifest()["config"]["score"]["top"]
+    # Most suspicious first; equal suspicion in id order.
+    expected = table.sort_values(["suspicion", "id"], ascending=[False, True]).head(len(top))
+    assert [card["id"] for card in top] == expected["id"].tolist()
+    assert [card["rank"] for card in top] == list(range(1, len(top) + 1))
+    assert (expected["suspicion_rank"].to_numpy() <= np.arange(1, len(top) + 1)).all()  # ties share a rank
+    np.testing.assert_allclose([card["suspicion"] for card in top], expected["suspicion"], atol=5e-5)
+    assert [card["flagged"] for card in top] == expected["is_label_issue"].tolist()
+    assert [card["issueStep"] for card in top] == [None if pd.isna(s) else int(s) for s in expected["issue_step"]]
+    assert meta["suspicion"]["flagged"] == int(table["is_label_issue"].sum())
+    # Each card's detector is the score column that ranks the sample highest (ties in a
+    # column: the earlier id first), with that rank.
+    detectors = meta["suspicion"]["detectors"]
+    assert {"aum", "label_quality_last", "outlier_score"} <= set(detectors)
+    assert not {"id", "suspicion", "is_label_issue", "issue_step"} & set(detectors)
+    by_id = table.sort_values("id").set_index("id")
+    ranks = by_id[detectors].rank(ascending=False, method="first")
+    for card in top:
+        best = ranks.loc[card["id"]].min()
+        assert card["detectorRank"] == best == ranks.loc[card["id"], card["detector"]]
+
+
+def test_detector_rows_are_detectors_parquet_cell_by_cell(tiny_run):
+    import pandas as pd
+
+    meta = json.loads(script_text(tiny_run.file("animation.html").read_text(), "ftviz-meta"))
+    table = pd.read_parquet(tiny_run.file("detectors.parquet"))
+    rows = meta["detectors"]
+    assert len(rows) == len(table)
+    for row, record in zip(rows, table.to_dict("records")):
+        assert row["detector"] == record["detector"]
+        assert row["step"] == (None if pd.isna(record["step"]) else int(record["step"]))
+        for metric in ("auroc", "average_precision", "precision", "recall", "f1", "n_flagged"):
+            value = record[metric]
+            if pd.isna(value):
+                assert row[metric] is None, (record["detector"], metric)
+            else:
+                assert row[metric] == pytest.approx(float(value), abs=5e-5), (record["detector"], metric)

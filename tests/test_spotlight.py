@@ -45,12 +45,13 @@ DETECT_COLUMNS = EXPECTED_COLUMNS[EXPECTED_COLUMNS.index("suspicion") : EXPECTED
 @pytest.fixture(scope="module")
 def run(tiny_run, tmp_path_factory):
     """The tiny run with the detect stage done (a copy: the session's run stays as it is)."""
+    from ftviz.config import DetectConfig
     from ftviz.detectors import detect_run
 
     copy = RunDir(tmp_path_factory.mktemp("spotlight") / "run")
     shutil.copytree(tiny_run.path, copy.path)
     if not copy.file("suspicion.parquet").is_file():
-        detect_run(copy, None, progress=False)
+        detect_run(copy, DetectConfig(), progress=False)
     return copy
 
 

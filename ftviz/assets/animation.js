@@ -12,7 +12,12 @@
  * since navigation), frame (the frame shown or being moved to), settled (no move running),
  * goTo(frame, ms), play(), pause(), isPlaying(), setColorBy(mode), setFitFrames(on), setCards(kind),
  * pointsOf(frame) and displayed() (coordinates on screen), thumbnailsLoaded, draws (scatter
- * redraws so far, for measuring playback).
+ * redraws so far, for measuring playback), live (a served page's run status and its updates).
+ *
+ * A page served by `ftviz serve` for a run still being analysed carries #ftviz-live (the
+ * status URL): it polls that about once a second and, when the run's revision changes,
+ * fetches <status URL>/data (the same meta and packed points) and redraws in place, keeping
+ * the frame shown and the play state. animation.html has no #ftviz-live and never polls.
  */
 "use strict";
 (function () {
@@ -21,7 +26,7 @@
   const api = (window.ftviz = { ready: false, frame: 0, settled: true, meta: meta, timings: {} });
   const mark = (name) => { api.timings[name] = Math.round(performance.now()); };
   mark("script");
-  const T = meta.T;
+  let T = meta.T; // grows while a served run is live
   const N = meta.N;
 
   // ---- decoding ---------------------------------------------------------------------
@@ -80,6 +85,26 @@
     return values;
   }
 
+  /** A page's data: its arrays unpacked and the coordinates decoded, {arrays, X, Y}. */
+  async function decode(d, pointsText) {
+    const packed = base64Bytes(pointsText.trim());
+    const inflated = await Promise.all(d.arrays.map((a) => inflate(packed.subarray(a.offset, a.offset + a.bytes))));
+    const unpacked = {};
+    d.arrays.forEach((a, k) => { unpacked[a.name] = unpack(inflated[k], a); });
+    const coords = unpacked.coords;
+    delete unpacked.coords;
+    const x = new Float32Array(d.T * N), y = new Float32Array(d.T * N);
+    // Codes on each frame's own grid: coordinate = origin[t] + code * scale[t].
+    for (let t = 0, j = 0; t < d.T; t++) {
+      const [x0, y0] = d.axes.origin[t], [sx, sy] = d.axes.scale[t];
+      for (let i = t * N; i < (t + 1) * N; i++, j += 2) {
+        x[i] = x0 + coords[j] * sx;
+        y[i] = y0 + coords[j + 1] * sy;
+      }
+    }
+    return { arrays: unpacked, X: x, Y: y };
+  }
+
   // ---- state ------------------------------------------------------------------------
   let X, Y; // (T * N) float32 coordinates, frame-major
   let arrays = {};
@@ -88,6 +113,7 @@
   let colorBy = meta.colorBy;
   // The card strip: the frame's top outliers, or the most suspicious labels (suspicion.parquet).
   let cards = meta.suspicion ? "suspicion" : "outliers";
+  let cardsChosen = false; // the viewer picked the card list (a live update then keeps it)
   const cardIds = (t) => (cards === "suspicion" ? meta.suspicion.top.map((entry) => entry.id) : meta.top[t]);
   let groupsCache = new Map();
   let anim = null;
@@ -133,11 +159,12 @@
   const reducedMotion = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
 
   // Quantised scores: code 255 = missing, else range[0] + code * span / (levels - 1).
-  const SCORES = {
+  const scoreScales = () => ({
     outlier: { range: meta.outlierRange, top: (meta.outlierLevels || 255) - 1, perFrame: true },
     quality: { range: meta.qualityRange, top: (meta.qualityLevels || 255) - 1, perFrame: true },
     suspicion: { range: meta.suspicionRange, top: 254, perFrame: false },
-  };
+  });
+  let SCORES = scoreScales();
   function scoreAt(name, t, i) {
     const score = SCORES[name];
     const code = arrays[name][score.perFrame ? t * N + i : i];
@@ -149,11 +176,13 @@
     const value = arrays.predicted[t * N + i];
     return value === meta.missingLabel ? -1 : value;
   };
-  const className = (c) => (c >= 0 && c < meta.classNames.length ? meta.classNames[c] : c < 0 ? "–" : String(c));
+  // Text nodes take the names as typed (classNamesText); plotly takes them HTML-escaped (classNames).
+  const classText = () => meta.classNamesText || meta.classNames;
+  const className = (c) => (c >= 0 && c < classText().length ? classText()[c] : c < 0 ? "–" : String(c));
   const fmt = (v, digits) => (v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits));
 
   // ---- colour modes: groups of point ids, one scatter trace each --------------------------
-  const modeLabels = new Map(meta.colorModes);
+  let modeLabels = new Map(meta.colorModes);
   function modeInfo(mode) {
     const legend = modeLabels.get(mode) || mode;
     if (mode === "label" || mode === "prediction") return { names: meta.classNames, colors: meta.palette, legend: legend };
@@ -449,9 +478,12 @@
   }
 
   let outlierCards = [];
+  const cardCount = () => Math.max(meta.top.length ? meta.top[0].length : 0, meta.suspicion ? meta.suspicion.top.length : 0);
   function buildOutlierCards() {
     const container = byId("outliers");
-    const k = Math.max(meta.top.length ? meta.top[0].length : 0, meta.suspicion ? meta.suspicion.top.length : 0);
+    const k = cardCount();
+    container.replaceChildren();
+    outlierCards = [];
     container.style.setProperty("--top", String(Math.max(1, k)));
     for (let j = 0; j < k; j++) {
       const card = document.createElement("div");
@@ -542,6 +574,7 @@
   function buildDetectors() {
     const rows = meta.detectors;
     byId("detectors-card").hidden = !rows;
+    byId("detectors").deleteTHead();
     if (!rows) return;
     const head = byId("detectors").createTHead().insertRow();
     for (const name of ["detector"].concat(METRICS.map((m) => m[1]))) head.appendChild(element("th", "", name));
@@ -693,31 +726,15 @@
   }
 
   // ---- start ------------------------------------------------------------------------------
-  async function main() {
-    const packed = base64Bytes(byId("ftviz-points").textContent.trim());
-    const inflated = await Promise.all(meta.arrays.map((d) => inflate(packed.subarray(d.offset, d.offset + d.bytes))));
-    mark("inflated");
-    meta.arrays.forEach((d, k) => { arrays[d.name] = unpack(inflated[k], d); });
-    const coords = arrays.coords;
-    X = new Float32Array(T * N);
-    Y = new Float32Array(T * N);
-    // Codes on each frame's own grid: coordinate = origin[t] + code * scale[t].
-    for (let t = 0, j = 0; t < T; t++) {
-      const [x0, y0] = meta.axes.origin[t], [sx, sy] = meta.axes.scale[t];
-      for (let i = t * N; i < (t + 1) * N; i++, j += 2) {
-        X[i] = x0 + coords[j] * sx;
-        Y[i] = y0 + coords[j + 1] * sy;
-      }
-    }
-    delete arrays.coords;
-    if (fitFrames) makeFitted();
-    DX.set(frameX(0));
-    DY.set(frameY(0));
-    mark("decoded");
+  function fillStepToEval() {
+    stepToEval.clear();
     const evaluation = meta.metrics.eval || {};
     (evaluation.step || []).forEach((s, k) => { if (evaluation.loss) stepToEval.set(s, evaluation.loss[k]); });
+  }
 
+  function fillColorModes() {
     const select = byId("color-by");
+    select.replaceChildren();
     for (const [value, label] of meta.colorModes) {
       const option = document.createElement("option");
       option.value = value;
@@ -725,6 +742,20 @@
       select.appendChild(option);
     }
     select.value = colorBy;
+  }
+
+  async function main() {
+    const decoded = await decode(meta, byId("ftviz-points").textContent);
+    mark("inflated");
+    ({ arrays, X, Y } = decoded);
+    if (fitFrames) makeFitted();
+    DX.set(frameX(0));
+    DY.set(frameY(0));
+    mark("decoded");
+    fillStepToEval();
+
+    const select = byId("color-by");
+    fillColorModes();
     byId("generated-card").hidden = meta.generatedFrames.length === 0;
     document.body.classList.toggle("no-thumbnails", !meta.thumbnails);
     const slider = byId("frame-slider");
@@ -739,7 +770,7 @@
     const cardSelect = byId("cards-by");
     cardSelect.hidden = !meta.suspicion;
     cardSelect.value = cards;
-    cardSelect.addEventListener("change", () => setCards(cardSelect.value));
+    cardSelect.addEventListener("change", () => { cardsChosen = true; setCards(cardSelect.value); });
 
     const config = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
     const quiet = { displayModeBar: false, responsive: true };
@@ -803,6 +834,105 @@
     byId("status").textContent = "space: play / pause · ← →: step · hover a point for its image";
     if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", loadImages);
     else loadImages();
+    if (live) startPolling();
+  }
+
+  // ---- live runs: a page served by ftviz serve grows with its run -------------------------
+  const liveElement = byId("ftviz-live");
+  const live = liveElement ? JSON.parse(liveElement.textContent) : null;
+  const BADGE_COLORS = { live: "#1d7a3a", analysing: "#1f5fa8", finished: "#4b5563", stopped: "#b54708", offline: "#9ca3af" };
+
+  /** The run's state next to the title: live, analysing, finished, stopped (or offline: no server). */
+  function showBadge(state) {
+    let badge = byId("live-badge");
+    if (!badge) {
+      badge = element("span", "live-badge");
+      badge.id = "live-badge";
+      Object.assign(badge.style, { color: "#fff", borderRadius: "10px", padding: "2px 10px", fontSize: "12px",
+        fontWeight: "600", margin: "0 14px 0 auto", alignSelf: "center", whiteSpace: "nowrap" });
+      byId("status").before(badge);
+    }
+    badge.textContent = state === "live" ? "● live" : state;
+    badge.dataset.state = state;
+    badge.style.background = BADGE_COLORS[state] || "#6b7280";
+    api.live.state = state;
+  }
+
+  /** Poll the run's status; fetch and draw its data when its revision changes. */
+  function startPolling() {
+    let revision = live.revision;
+    api.live = { state: live.state, polls: 0, updates: 0 };
+    showBadge(live.state);
+    async function poll() {
+      let wait = 1000;
+      try {
+        const status = await (await fetch(live.api, { cache: "no-store" })).json();
+        api.live.polls++;
+        if (status.revision !== revision && status.frames > 0) {
+          const payload = await (await fetch(live.api + "/data", { cache: "no-store" })).json();
+          if (payload.meta) await applyData(payload);
+          revision = payload.revision;
+          showBadge(payload.state);
+        } else {
+          showBadge(status.state);
+        }
+        // Live or assembling its final files: every second; stopped (may be resumed): now and then.
+        if (api.live.state === "finished") return;
+        if (api.live.state === "stopped") wait = 5000;
+      } catch (error) {
+        showBadge("offline"); // the server stopped, or the run was removed: try again later
+        wait = 5000;
+      }
+      setTimeout(poll, wait);
+    }
+    setTimeout(poll, 1000);
+  }
+
+  /** Newer data of a live run: frames, curves and cards change in place; frame and play state stay. */
+  async function applyData(payload) {
+    const next = payload.meta;
+    if (next.N !== N) { location.reload(); return; } // another probe: nothing to keep
+    const decoded = await decode(next, payload.points);
+    const thumbnails = meta.thumbnails;
+    const hadSuspicion = Boolean(meta.suspicion);
+    const hadCards = cardCount();
+    Object.assign(meta, next);
+    if (!meta.thumbnails) meta.thumbnails = thumbnails; // the data comes without the sprite sheet
+    ({ arrays, X, Y } = decoded);
+    T = meta.T;
+    FX = FY = null;
+    if (fitFrames) makeFitted();
+    SCORES = scoreScales();
+    modeLabels = new Map(meta.colorModes);
+    groupsCache = new Map();
+    generated = Object.assign({}, generated, payload.generated || {});
+    fillStepToEval();
+    if (!meta.suspicion) cards = "outliers";
+    else if (!hadSuspicion && !cardsChosen) cards = "suspicion";
+    if (!meta.colorModes.some((m) => m[0] === colorBy)) colorBy = meta.colorBy;
+    fillColorModes();
+    byId("cards-by").hidden = !meta.suspicion;
+    byId("cards-by").value = cards;
+    byId("subtitle").textContent = meta.subtitle;
+    byId("frame-slider").max = String(T - 1);
+    if (cardCount() !== hadCards) buildOutlierCards();
+    buildDetectors();
+    byId("generated-card").hidden = meta.generatedFrames.length === 0;
+    if (api.frame > T - 1) api.frame = T - 1;
+    if (!anim) {
+      // The frame shown stays; its points move only by the new grid's rounding.
+      DX.set(frameX(api.frame));
+      DY.set(frameY(api.frame));
+    }
+    await Plotly.react(scatter, scatterTraces(), scatterLayout());
+    const lossFig = lossFigure();
+    await Plotly.react(loss, lossFig.data, lossFig.layout);
+    const diagnosticsFig = diagnosticsFigure();
+    await Plotly.react(diagnostics, diagnosticsFig.data, diagnosticsFig.layout);
+    updatePanels();
+    updatePlotMarkers();
+    api.live.updates++;
+    document.body.dataset.frames = String(T);
   }
 
   main().catch((error) => {

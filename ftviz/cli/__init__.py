@@ -1,57 +1,48 @@
-"""The ``ftviz`` command. Stage modules are imported inside each subcommand, so ``--help``
-and errors about the input come back fast."""
+"""The ``ftviz`` command: one module per command family, listed in :data:`COMMANDS`.
+
+A family module either registers its subcommands itself (``register(add)``, where
+``add(name, handler, help)`` returns the subcommand's parser) or is a single command named
+by its entry (``add_arguments(parser)`` and ``run(args)``). A new family is its module plus
+one entry here. Stage modules are imported inside each command, so ``--help`` and errors
+about the input come back fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
+
 from ftviz import __version__
 from ftviz.errors import FtvizError
 
 
-def _run_config(run_path: str, overrides: list[str]):
-    """The config a run was made with (from run.json), with ``--set`` overrides applied."""
-    from ftviz.config import ExperimentConfig, _apply, apply_overrides, validate
-    from ftviz.rundir import RunDir
+@dataclass(frozen=True)
+class Family:
+    """One entry of the command list.
 
-    run = RunDir(run_path)
-    manifest = run.manifest()
-    config = ExperimentConfig()
-    _apply(config, manifest.get("config", {}), "")
-    apply_overrides(config, overrides)
-    validate(config)
-    return run, config
+    module : the module that declares the commands.
+    command : for a single-command module (``add_arguments`` + ``run``), the command's name;
+        None for a module that registers its own (``register(add)``).
+    optional : leave the family out when its module is absent from this install.
+    """
 
-
-def cmd_run(args) -> None:
-    from ftviz.config import load_config
-    from ftviz.pipeline import run_experiment
-
-    config = load_config(args.experiment, args.set)
-    run_experiment(config, force=args.force, progress=not args.quiet)
+    module: str
+    command: str | None = None
+    optional: bool = False
 
 
-def cmd_stage(args) -> None:
-    """``ftviz <stage> RUN``: one row of the stage table, rerun alone."""
-    from ftviz.pipeline import run_stage
-    from ftviz.rundir import stage_named
-
-    run, config = _run_config(args.run, args.set)
-    stage = stage_named(args.stage)
-    options = {}
-    for flags, keywords in stage.options:
-        dest = keywords.get("dest", flags[0].lstrip("-").replace("-", "_"))
-        options[dest] = getattr(args, dest)
-    result = run_stage(run, stage.name, config, progress=not args.quiet, **options)
-    written = [str(result)] if result is not None else [
-        str(run.file(name)) for name in stage.outputs if run.file(name.rstrip("/")).exists()]
-    print(f"ftviz: {stage.name} wrote {', '.join(written)}")
-
-
-def cmd_models(args) -> None:
-    from ftviz.models import list_models
-
-    print("\n".join(list_models()))
+COMMANDS: tuple[Family, ...] = (
+    Family("ftviz.cli.run"),  # run
+    Family("ftviz.cli.stages"),  # score, detect, project, render: one per row of ftviz.rundir.STAGES
+    Family("ftviz.cli.embed"),  # embed
+    Family("ftviz.cli_quality"),  # quality
+    Family("ftviz.cli.spotlight"),  # spotlight
+    Family("ftviz.cli.compare"),  # compare
+    Family("ftviz.cli.models"),  # models
+    Family("ftviz.serve", command="serve", optional=True),  # serve, where that module is installed
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,38 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         return p
 
-    p = add("run", cmd_run, "train with snapshots, then score, project and render")
-    p.add_argument("experiment", nargs="?", help="experiment TOML (default: the built-in config; make animate uses experiments/default.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--force", action="store_true", help="replace an existing run of the same name")
-
-    from ftviz.rundir import STAGES
-
-    for stage in STAGES:  # every stage after training reruns alone on an existing run
-        if stage.runner is None:
-            continue
-        p = add(stage.name, cmd_stage, stage.help)
-        p.set_defaults(stage=stage.name)
-        p.add_argument("run", help="run directory (runs/<name>)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-        for flags, keywords in stage.options:
-            p.add_argument(*flags, **keywords)
-
-    add("models", cmd_models, "list the registered models")
-    _add_optional_commands(sub, add)
+    for family in COMMANDS:
+        _add_family(family, add)
     return parser
 
 
-def _add_optional_commands(sub, add) -> None:
-    """Subcommands whose modules register themselves (embed, spotlight, compare)."""
-    import importlib
-
-    for module in ("ftviz.cli_embed", "ftviz.cli_spotlight", "ftviz.cli_compare", "ftviz.cli_quality"):
-        try:
-            importlib.import_module(module).register(add)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
+def _add_family(family: Family, add) -> None:
+    try:
+        module = importlib.import_module(family.module)
+    except ModuleNotFoundError as error:
+        if family.optional and error.name == family.module:
+            return  # not part of this install
+        raise
+    if family.command is None:
+        module.register(add)
+        return
+    help_text = getattr(module, "HELP", None) or (module.__doc__ or family.command).strip().splitlines()[0]
+    module.add_arguments(add(family.command, module.run, help_text))
 
 
 class Terminated(KeyboardInterrupt):
@@ -133,7 +109,3 @@ def main(argv: list[str] | None = None) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftviz.cli.run_config import add_set_option, build_config
+
 
 def register(add) -> None:
     p = add("embed", cmd_embed, "embed the probe set at every checkpoint of a Trainer output folder, "
@@ -24,8 +26,7 @@ def register(add) -> None:
     p.add_argument("--processor", default="", metavar="SOURCE",
                    help="base model (hub id or folder) whose preprocessor_config.json applies when the "
                         "checkpoints have none")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (e.g. data.noise_rate=0.1, train.embed_precision=fp32)")
+    add_set_option(p, example="data.noise_rate=0.1, train.embed_precision=fp32")
     p.add_argument("--force", action="store_true", help="replace an existing run of the same name")
 
 
@@ -34,20 +35,14 @@ def embed_config(args):
 
     ``data.noise_rate`` defaults to 0 here: the model was trained on the dataset's own labels.
     """
-    from ftviz.config import ExperimentConfig, _apply, apply_overrides, validate
-
-    config = ExperimentConfig()
     name = args.name or Path(args.checkpoints).expanduser().resolve().name
-    _apply(config, {
+    return build_config(args.set, values={
         "name": name,
         "out_dir": args.out_dir,
         "data": {"dataset": args.dataset, "path": args.data_path, "probe": args.probe,
                  "probe_size": args.probe_size, "noise_rate": 0.0},
         "train": {"device": args.device},
-    }, "")
-    apply_overrides(config, args.set)
-    validate(config)
-    return config
+    })
 
 
 def cmd_embed(args) -> None:

@@ -26,8 +26,6 @@ resume_from_checkpoint=...)``) keeps the frames up to the checkpoint's step.
 
 from __future__ import annotations
 
-import shutil
-
 from transformers import TrainerCallback
 
 from ftviz import distributed
@@ -91,7 +89,7 @@ class FtvizCallback(TrainerCallback):
 
     # ---- Trainer events ----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from ftviz.ingest import wrap_model
+        from ftviz.models.hf import wrap_model
         from ftviz.recorder import Recorder
 
         if model is None:
@@ -131,15 +129,12 @@ class FtvizCallback(TrainerCallback):
         if self.recorder is None or not logs:
             return
         rows = _log_rows([{**logs, "step": state.global_step}], state.global_step)
-        self.recorder.rows.extend(rows)
+        for row in rows:
+            self.recorder.log(**row)
         # The probe row of this step gets the step's learning rate, which the Trainer logs.
         rates = [r["learning_rate"] for r in rows if r["split"] == "train"]
-        everything = self.recorder.rows
-        for index in range(len(everything) - len(rows) - 1, -1, -1):  # this step's rows are the last ones
-            if everything[index]["step"] != state.global_step:
-                break
-            if rates and everything[index]["split"] == "probe":
-                everything[index]["learning_rate"] = rates[-1]
+        if rates:
+            self.recorder.annotate_probe_row(state.global_step, learning_rate=rates[-1])
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.recorder is None:
@@ -155,22 +150,13 @@ class FtvizCallback(TrainerCallback):
         self.recorder.snapshot(self.probe_model, step, epoch=state.epoch or 0.0)
 
     def _open_run(self, model, state, source: dict) -> None:
-        """Create the run, resume an unfinished one, or refuse to overwrite a finished one."""
-        run = self.recorder.run
-        if run.exists():
-            finished = run.stage_status("train") == "done"
-            if finished and not self.overwrite:
-                raise FtvizError(
-                    f"{run.path} already holds a finished run; give FtvizCallback another run folder "
-                    "or overwrite=True to replace it"
-                )
-            if finished or state.global_step == 0:  # a fresh training replaces what was there
-                shutil.rmtree(run.path)
-        elif run.path.exists() and any(run.path.iterdir()):
-            raise FtvizError(f"{run.path} exists and is not an ftviz run; give FtvizCallback another run folder")
-        if not run.exists():
-            self.recorder.create(self.probe_model, hf_model=model, source=source)
-        run.mark_stage("train", "running", source="hf_trainer_callback")
+        """Create the run, resume an unfinished one, or refuse to overwrite a finished one
+        (the one rule of :func:`ftviz.runs.open_run`: a training from step 0 replaces an
+        unfinished run of the same config; ``overwrite=True`` replaces any ftviz run)."""
+        self.recorder.open(self.probe_model, hf_model=model, force=self.overwrite, fresh=state.global_step == 0,
+                           force_hint="give FtvizCallback another run folder or overwrite=True to replace it",
+                           source=source)
+        self.recorder.run.mark_stage("train", "running", source="hf_trainer_callback")
 
     def _processor_settings(self, model, processing_class):
         """(ProcessorSettings, the processor's dict or None) for the probe images."""

@@ -407,7 +407,13 @@ def _load_pretrained(source: str, num_classes: int, settings: dict) -> ClassCond
     model = ClassConditionalDDPM(unet, scheduler, num_classes=num_classes, **settings)
     head = Path(source) / "probe_head.pt"
     if model.probe_head is not None and head.is_file():
-        saved = torch.load(head, map_location="cpu")
+        try:  # tensors and plain values only: a shared model folder runs no code when loaded
+            saved = torch.load(head, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by damage
+            raise FtvizError(
+                f"{head} is damaged or holds objects other than tensors and plain values (not loaded: "
+                f"loading them could run code; {type(error).__name__}); save the model again"
+            ) from None
         model.probe_head.load_state_dict(saved["state"])
         model._saved_statistics = (saved["mean"], saved["std"])
     return model

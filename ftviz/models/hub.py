@@ -9,6 +9,9 @@ difference is 0.0067 in normalised units (under one grey level at std 0.5): PIL 
 resized image to uint8 and uses fixed-point weights, ftviz stays in float32
 (tests/test_vit_pretrained.py). Processors that centre-crop (resize to 256, crop 224) are
 resized straight to the crop size instead.
+
+:func:`load_pretrained` is the one loader of transformers checkpoints for the model families
+(ViT, Swin): one-line errors through :func:`hub_error`, float32 weights, and a fresh head.
 """
 
 from __future__ import annotations
@@ -85,9 +88,9 @@ def processor_settings(config: dict | None, *, default_size: int, origin: str = 
             f"the image processor of {origin} rescales pixels by {config.get('rescale_factor')} "
             f"(do_rescale={config.get('do_rescale', True)}); ftviz supports only 1/255"
         )
-    size = _side(config.get("size"), default_size)
+    size = side_in_pixels(config.get("size"), default_size)
     if config.get("do_center_crop") and config.get("crop_size"):
-        size = _side(config.get("crop_size"), size)
+        size = side_in_pixels(config.get("crop_size"), size)
     if config.get("do_resize", True) is False:
         size = int(default_size)
     if config.get("do_normalize", True) is False:
@@ -98,7 +101,7 @@ def processor_settings(config: dict | None, *, default_size: int, origin: str = 
     return ProcessorSettings(size, mean, std, origin)
 
 
-def _side(size, default: int) -> int:
+def side_in_pixels(size, default: int) -> int:
     """One side in pixels from ``224``, ``{"height": 224, "width": 224}`` or ``{"shortest_edge": 224}``."""
     if size is None:
         return int(default)
@@ -125,13 +128,13 @@ def load_processor_settings(*sources, default_size: int) -> ProcessorSettings:
     return processor_settings(None, default_size=default_size)
 
 
-def image_processor_settings(source: str, *, default_size: int) -> tuple[int, tuple, tuple]:
-    """(size, mean, std) from the checkpoint's ``preprocessor_config.json``.
-
-    Falls back to ``default_size`` and mean = std = 0.5 (the ViT processor's defaults).
-    """
-    settings = load_processor_settings(source, default_size=default_size)
-    return settings.size, settings.mean, settings.std
+def save_processor_config(directory, size: int, mean, std) -> None:
+    """Write a ``preprocessor_config.json`` that ``ViTImageProcessor`` reads back."""
+    try:
+        from transformers import ViTImageProcessorPil as Processor  # no torchvision needed
+    except ImportError:  # older transformers
+        from transformers import ViTImageProcessor as Processor
+    Processor(size={"height": int(size), "width": int(size)}, image_mean=list(mean), image_std=list(std)).save_pretrained(directory)
 
 
 @contextmanager
@@ -194,3 +197,68 @@ def pretrained_source(pretrained: str, default: str, overrides: dict, *, family:
             'set model.pretrained = "none" for a randomly initialised one'
         )
     return source
+
+
+@contextmanager
+def explained_load_errors(source: str, *, setting: str = "model.pretrained"):
+    """Turn any failure to load ``source`` into :func:`hub_error`'s one line (FtvizError passes)."""
+    try:
+        yield
+    except FtvizError:
+        raise
+    except Exception as error:  # OSError, ValueError, hub and network errors: all mean "cannot get it"
+        raise hub_error(source, error, setting=setting) from None
+
+
+def load_pretrained(source: str, *, model_class: str, model_type: str, family: str, num_classes: int,
+                    class_names=None, **load_options):
+    """Load a transformers checkpoint (hub id or folder) of one family with a fresh head.
+
+    Parameters
+    ----------
+    source : hub id or local folder.
+    model_class : the transformers class to load, e.g. ``"ViTForImageClassification"``.
+    model_type : the ``config.model_type`` the family reads (``"vit"``, ``"swin"``); another
+        type is refused with a one-line error, before the weights are read.
+    family : the family's name in messages ("ViT", "Swin").
+    num_classes : C, the width of the new head.
+    class_names : C names for ``id2label`` (default "0" ... "C-1").
+    load_options : passed to ``from_pretrained`` (e.g. ``attn_implementation``).
+
+    Returns
+    -------
+    (model, :class:`ProcessorSettings`): the model in float32 (whatever dtype the checkpoint
+    was saved in) with a freshly initialised ``classifier`` of C outputs, and the checkpoint's
+    own image-processor settings (mean = std = 0.5 at the model's size without them).
+    """
+    import torch
+    import transformers
+
+    with explained_load_errors(source):
+        config = transformers.AutoConfig.from_pretrained(source)
+    if config.model_type != model_type:
+        raise FtvizError(
+            f"{source} is a {config.model_type!r} checkpoint, not a {family}; choose the model family that "
+            f"matches it (ftviz models) or another model.pretrained"
+        )
+    names = [str(name) for name in (class_names or range(num_classes))]
+    config.num_labels = num_classes
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    with explained_load_errors(source), quiet_transformers():
+        model = getattr(transformers, model_class).from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True, dtype=torch.float32, **load_options
+        )
+    reset_head(model)
+    return model, load_processor_settings(source, default_size=model.config.image_size)
+
+
+def reset_head(model) -> None:
+    """A fresh ``classifier`` (transformers' own init: truncated normal of ``initializer_range``,
+    zero bias), also when the checkpoint had one of the right size: its classes need not be
+    the dataset's, and every family starts fine-tuning from the same kind of head."""
+    import torch
+
+    with torch.no_grad():
+        torch.nn.init.trunc_normal_(model.classifier.weight, std=model.config.initializer_range)
+        torch.nn.init.zeros_(model.classifier.bias)

@@ -13,6 +13,10 @@ Variants
     Swin-T at 224 px, by default ``microsoft/swin-tiny-patch4-window7-224`` from the hub (or
     a local copy: ``model.pretrained = "path/to/folder"``); ``pretrained = "none"`` builds the
     same architecture with random weights, offline. D = 768.
+
+A checkpoint is loaded by :func:`ftviz.models.hub.load_pretrained`, as for ViT: float32, a
+fresh head for the dataset's classes, and its own image-processor settings (ImageNet
+statistics for the Microsoft checkpoints).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 from ftviz.errors import FtvizError
 from ftviz.models import register_model
 from ftviz.models.base import ProbeModel
-from ftviz.models.hub import pretrained_source
+from ftviz.models.hub import load_pretrained, pretrained_source, save_processor_config
 
 SWIN_TINY_224_HUB_ID = "microsoft/swin-tiny-patch4-window7-224"
 
@@ -39,32 +43,9 @@ class SwinProbe(ProbeModel):
         return pooled, self.hf_model.classifier(pooled)
 
     def save_pretrained(self, directory) -> None:
+        """Weights and config, plus the processor settings, so the folder reloads as it ran."""
         self.hf_model.save_pretrained(directory)
-
-
-def load_pretrained_swin(source: str, num_classes: int, class_names=None):
-    """Load a Swin checkpoint (hub id or local folder) with a fresh head for ``num_classes``.
-
-    Returns (model, image_size, mean, std), the size and normalisation from the checkpoint's
-    own image-processor settings (ImageNet statistics for the Microsoft checkpoints).
-    """
-    from transformers import SwinForImageClassification
-
-    from ftviz.models.hub import hub_error, image_processor_settings
-
-    names = [str(name) for name in (class_names or range(num_classes))]
-    try:
-        model = SwinForImageClassification.from_pretrained(
-            source,
-            num_labels=num_classes,
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
-            ignore_mismatched_sizes=True,  # the ImageNet head is replaced by ours
-        )
-    except (OSError, ValueError) as error:
-        raise hub_error(source, error) from None
-    size, mean, std = image_processor_settings(source, default_size=model.config.image_size)
-    return model, size, mean, std
+        save_processor_config(directory, self.image_size, self.pixel_mean.flatten().tolist(), self.pixel_std.flatten().tolist())
 
 
 def _create_swin(
@@ -79,8 +60,11 @@ def _create_swin(
     """A pretrained Swin when a source is given (not "none"), else a random one from ``architecture``."""
     source = pretrained_source(pretrained, default_pretrained, architecture, family="Swin")
     if source is not None:
-        model, size, mean, std = load_pretrained_swin(source, num_classes, class_names)
-        return SwinProbe(model, image_size=size, mean=mean, std=std)
+        model, settings = load_pretrained(
+            source, model_class="SwinForImageClassification", model_type="swin", family="Swin",
+            num_classes=num_classes, class_names=class_names,
+        )
+        return SwinProbe(model, image_size=settings.size, mean=settings.mean, std=settings.std)
     import inspect
 
     from transformers import SwinConfig, SwinForImageClassification

@@ -58,7 +58,18 @@ def _import_timm():
             f"timm models need timm and a torchvision that matches torch ({type(error).__name__}: {error}); "
             "install them with pip install 'ftviz[timm]'"
         ) from None
+    except RuntimeError as error:  # "operator torchvision::nms does not exist"
+        raise FtvizError(
+            f"timm's torchvision was not built for this torch {_torch_version()} ({error}); a CPU-only torch "
+            "needs torchvision from the PyTorch CPU index (PyPI has only CUDA builds of it)"
+        ) from None
     return timm
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def create_timm_model(name: str, *, num_classes: int = 10, image_size: int = 224, pretrained: str = "",

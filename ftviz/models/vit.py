@@ -5,9 +5,9 @@ vector the classification head reads, so embedding and logits come from one forw
 
 Pretrained weights come from a hub id or a local folder (``model.pretrained``): any
 ViTForImageClassification-compatible checkpoint (``ViTModel`` backbones such as
-``google/vit-base-patch16-224-in21k`` included). The backbone is loaded, the head is always
-fresh (sized for the dataset's classes), and the checkpoint's own image-processor settings
-(size, mean, std; see :mod:`ftviz.models.hub`) are applied on the device.
+``google/vit-base-patch16-224-in21k`` included), loaded by :func:`ftviz.models.hub.load_pretrained`
+as every family's: float32, the head always fresh (sized for the dataset's classes), and the
+checkpoint's own image-processor settings (size, mean, std) applied on the device.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from ftviz.errors import FtvizError
 from ftviz.models import register_model
 from ftviz.models.base import ProbeModel
-from ftviz.models.hub import pretrained_source
+from ftviz.models.hub import load_pretrained, pretrained_source, save_processor_config
 
 IN21K = "google/vit-base-patch16-224-in21k"  # the article's backbone
 
@@ -44,60 +44,6 @@ class ViTProbe(ProbeModel):
         save_processor_config(directory, self.image_size, self.pixel_mean.flatten().tolist(), self.pixel_std.flatten().tolist())
 
 
-def save_processor_config(directory, size: int, mean, std) -> None:
-    """Write a ``preprocessor_config.json`` that ``ViTImageProcessor`` reads back."""
-    try:
-        from transformers import ViTImageProcessorPil as Processor  # no torchvision needed
-    except ImportError:  # older transformers
-        from transformers import ViTImageProcessor as Processor
-    Processor(size={"height": int(size), "width": int(size)}, image_mean=list(mean), image_std=list(std)).save_pretrained(directory)
-
-
-def load_pretrained_vit(source: str, num_classes: int, class_names=None):
-    """Load a ViT checkpoint (hub id or local folder) with a fresh head for ``num_classes``.
-
-    Returns (model, image_size, mean, std) from the checkpoint's own image-processor settings
-    (its ``preprocessor_config.json``; mean = std = 0.5 at the model's size without one).
-    """
-    import torch
-    from transformers import AutoConfig, ViTForImageClassification
-
-    from ftviz.models.hub import hub_error, load_processor_settings, quiet_transformers
-
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except Exception as error:  # OSError, ValueError, hub errors: all mean "cannot get it"
-        raise hub_error(source, error) from None
-    if config.model_type != "vit":
-        raise FtvizError(
-            f"{source} is a {config.model_type!r} checkpoint, not a ViT; choose the model family that "
-            f"matches it (ftviz models) or another model.pretrained"
-        )
-    names = [str(name) for name in (class_names or range(num_classes))]
-    config.num_labels = num_classes
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
-    try:
-        with quiet_transformers():
-            model = ViTForImageClassification.from_pretrained(
-                source, config=config, ignore_mismatched_sizes=True, attn_implementation="sdpa", dtype=torch.float32
-            )
-    except Exception as error:
-        raise hub_error(source, error) from None
-    _reset_head(model)
-    settings = load_processor_settings(source, default_size=model.config.image_size)
-    return model, settings.size, settings.mean, settings.std
-
-
-def _reset_head(model) -> None:
-    """A fresh classifier even when the checkpoint had one of the right size (HF's own init)."""
-    import torch
-
-    with torch.no_grad():
-        torch.nn.init.trunc_normal_(model.classifier.weight, std=model.config.initializer_range)
-        torch.nn.init.zeros_(model.classifier.bias)
-
-
 def _create_vit(
     *,
     num_classes: int,
@@ -116,8 +62,11 @@ def _create_vit(
     overrides = dict(overrides or {})
     source = pretrained_source(pretrained, default_pretrained, overrides, family="ViT")
     if source is not None:
-        model, size, mean, std = load_pretrained_vit(source, num_classes, class_names)
-        return ViTProbe(model, image_size=size, mean=mean, std=std)
+        model, settings = load_pretrained(
+            source, model_class="ViTForImageClassification", model_type="vit", family="ViT",
+            num_classes=num_classes, class_names=class_names, attn_implementation="sdpa",
+        )
+        return ViTProbe(model, image_size=settings.size, mean=settings.mean, std=settings.std)
     from transformers import ViTConfig, ViTForImageClassification
 
     settings = dict(image_size=image_size, num_labels=num_classes, attn_implementation="sdpa")

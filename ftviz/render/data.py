@@ -1,7 +1,7 @@
-"""Loading what the renderers show from one run directory, and the one reader of per-frame scores.
+"""Loading what the renderers show from one run directory.
 
-:func:`scores_per_frame` turns ``scores.parquet`` (long: one row per step and sample) into
-(T, N) arrays; the page, Spotlight and ``ftviz compare`` all read scores through it.
+The files are read through the run's typed readers (:class:`ftviz.rundir.RunDir`: per-frame
+scores, suspicion, detectors, class names), the ones Spotlight and ``ftviz compare`` use too.
 """
 
 from __future__ import annotations
@@ -14,73 +14,13 @@ import numpy as np
 
 from ftviz.errors import FtvizError
 
-# scores.parquet columns -> (dtype, value where a (step, id) row is missing).
-SCORE_COLUMNS = {
-    "outlier_score": (np.float64, np.nan),
-    "label_quality": (np.float64, np.nan),
-    "is_label_issue": (bool, False),
-    "predicted_label": (np.int64, -1),
-    "confidence": (np.float64, np.nan),
-}
-
-
 def scores_per_frame(run, *, steps=None, n_points: int | None = None, columns=None, scores=None,
                      complete: bool = False) -> dict[str, np.ndarray]:
-    """Per-frame score arrays from ``scores.parquet``: {column: (T, N) array}.
+    """Per-frame score arrays from ``scores.parquet``: {column: (T, N) array}, plus "present".
 
-    Parameters
-    ----------
-    run : :class:`ftviz.rundir.RunDir` (its score stage must be done unless ``scores`` is given).
-    steps : (T,) snapshot steps, one row of the output each; default the run's snapshot steps.
-    n_points : N; default the number of rows of ``samples.parquet``.
-    columns : the columns to read (default: those of :data:`SCORE_COLUMNS` the file has);
-        a column the file lacks comes back filled with its missing value.
-    scores : the table, if already read.
-    complete : raise :class:`FtvizError` (naming ``ftviz score``) unless every (step, id)
-        pair has a row; otherwise missing rows keep the missing value (NaN, False, -1).
-
-    Returns
-    -------
-    dict of (T, N) arrays: float64 scores, bool flags, int64 labels; plus "present", (T, N) bool.
+    :meth:`ftviz.rundir.RunDir.frame_scores` (the one reader), under its earlier name.
     """
-    if scores is None:
-        scores = run.scores()
-    if steps is None:
-        steps = run.snapshot_steps()
-    if n_points is None:
-        n_points = len(run.samples())
-    steps = np.asarray(steps, dtype=np.int64)
-    n_frames = len(steps)
-    if columns is None:
-        columns = [c for c in SCORE_COLUMNS if c in scores]
-    out = {}
-    for column in columns:
-        dtype, missing = SCORE_COLUMNS.get(column, (np.float64, np.nan))
-        out[column] = np.full((n_frames, n_points), missing, dtype=dtype)
-    present = np.zeros((n_frames, n_points), dtype=bool)
-    if n_frames and len(scores):
-        step_values = scores["step"].to_numpy().astype(np.int64)
-        id_values = scores["id"].to_numpy().astype(np.int64)
-        order = np.argsort(steps)
-        position = np.clip(np.searchsorted(steps[order], step_values), 0, n_frames - 1)
-        known = (steps[order][position] == step_values) & (id_values >= 0) & (id_values < n_points)
-        rows, cols = order[position[known]], id_values[known]
-        present[rows, cols] = True
-        for column in columns:
-            if column in scores:
-                values = scores[column].to_numpy()[known]
-                if out[column].dtype.kind in "iub" and values.dtype.kind == "f":
-                    values = np.where(np.isnan(values), SCORE_COLUMNS.get(column, (None, -1))[1], values)
-                out[column][rows, cols] = values
-    if complete and not present.all():
-        frame, sample = np.argwhere(~present)[0]
-        path = getattr(run, "path", "the run")
-        raise FtvizError(
-            f"{path}: scores.parquet has no row for step {int(steps[frame])}, id {int(sample)} "
-            f"({int((~present).sum())} missing of {present.size}); rerun `ftviz score {path}`"
-        )
-    out["present"] = present
-    return out
+    return run.frame_scores(columns, steps=steps, count=n_points, scores=scores, complete=complete)
 
 
 @dataclass
@@ -198,8 +138,8 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
     if noisy is None and true is not None:
         noisy = given != true
 
-    per_frame = scores_per_frame(run, steps=steps, n_points=n_points,
-                                 columns=["outlier_score", "label_quality", "is_label_issue", "predicted_label"])
+    per_frame = run.frame_scores(["outlier_score", "label_quality", "is_label_issue", "predicted_label"],
+                                 steps=steps, count=n_points)
     if top is None:
         top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
     top = max(1, min(top, n_points))
@@ -207,11 +147,7 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
     top_ids = np.argsort(-ranked, axis=1, kind="stable")[:, :top]
 
     dataset = manifest.get("dataset", {})
-    class_names = [str(c) for c in dataset.get("class_names") or []]
-    n_classes = int(max(given.max(initial=0), np.max(per_frame["predicted_label"], initial=0)) + 1)
-    if len(class_names) < n_classes:
-        from_samples = dict(zip(samples["given_label"], samples.get("class_name", samples["given_label"])))
-        class_names = [str(from_samples.get(c, c)) for c in range(n_classes)]
+    class_names = run.class_names(int(np.max(per_frame["predicted_label"], initial=0)) + 1, samples=samples)
 
     generated = {}
     folder = run.path / "generated"
@@ -255,8 +191,8 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
         images=images,
         generated=generated,
         noise_rate=float(manifest.get("noise_rate") or 0.0),
-        suspicion=_suspicion_table(run, n_points),
-        detectors=_optional_table(run, "detectors.parquet"),
+        suspicion=run.suspicion(optional=True, count=n_points),
+        detectors=run.detectors(),
     )
 
 
@@ -271,28 +207,6 @@ def projection_info(manifest: dict) -> dict:
         if key in record:
             info[key] = record[key]
     return info
-
-
-def _optional_table(run, name: str):
-    """A table another stage may have written (None when absent: older runs)."""
-    if not run.file(name).is_file():
-        return None
-    return run.read_parquet(name)
-
-
-def _suspicion_table(run, n_points: int):
-    table = _optional_table(run, "suspicion.parquet")
-    if table is None:
-        return None
-    if "id" not in table or "suspicion" not in table:
-        raise FtvizError(f"{run.path}/suspicion.parquet needs id and suspicion columns; rerun ftviz detect {run.path}")
-    table = table.sort_values("id").reset_index(drop=True)
-    if not np.array_equal(table["id"].to_numpy(), np.arange(n_points)):
-        raise FtvizError(
-            f"{run.path}/suspicion.parquet has {len(table)} rows, not one per probe sample (0..{n_points - 1}); "
-            f"rerun ftviz detect {run.path}"
-        )
-    return table
 
 
 def _metric_columns(metrics, split: str) -> dict[str, list]:

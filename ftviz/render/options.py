@@ -1,11 +1,17 @@
-"""Render settings shared by the page and the painter: output formats, colour modes, checks."""
+"""Render settings shared by the page and the painter: output formats, colour modes, checks.
+
+The settings, their defaults and their allowed values are :class:`ftviz.config.RenderConfig`'s;
+this module only names the colour modes for menus and hands the page and painter a plain dict.
+"""
 
 from __future__ import annotations
 
-from ftviz.errors import FtvizError
+import dataclasses
+
+from ftviz.config import COLOR_BY, RenderConfig, check_section
 
 OUTPUT_FORMATS = ("html", "gif", "mp4", "png")
-COLOR_MODES = {
+_COLOR_LABELS = {
     "label": "given label",
     "prediction": "prediction",
     "outlier_score": "outlier score",
@@ -13,33 +19,19 @@ COLOR_MODES = {
     "noise": "injected noise",
     "suspicion": "label suspicion",
 }
-DEFAULTS = {
-    "color_by": "label", "point_size": 5.0, "frame_ms": 400, "thumbnails": True,
-    "transition_ms": 300, "thumbnail_size": 32, "thumbnail_format": "auto",
-    "video_width": 1280, "video_height": 720, "video_tween": 3, "axes": "fixed",
-}
+# Menu order and names; a mode added to RenderConfig without a label fails here, at import.
+COLOR_MODES = {mode: _COLOR_LABELS[mode] for mode in COLOR_BY}
 
 
-def render_options(config) -> dict:
-    """RenderConfig (or None) -> plain options with defaults, validated (one-line errors)."""
-    options = dict(DEFAULTS)
-    if config is not None:
-        for key in options:
-            if hasattr(config, key):
-                options[key] = getattr(config, key)
-    if options["color_by"] not in COLOR_MODES:
-        raise FtvizError(f"render.color_by must be one of {', '.join(COLOR_MODES)}; got {options['color_by']!r}")
-    if options["frame_ms"] <= 0 or options["point_size"] <= 0:
-        raise FtvizError("render.frame_ms and render.point_size must be > 0")
-    if options["axes"] not in ("fixed", "per_frame"):
-        raise FtvizError(f"render.axes must be fixed or per_frame, got {options['axes']!r}")
-    if options["video_tween"] < 0:
-        raise FtvizError("render.video_tween must be >= 0")
-    if options["video_width"] < 320 or options["video_height"] < 240:
-        raise FtvizError("render.video_width x video_height must be at least 320 x 240")
-    if options["thumbnail_format"] not in ("auto", "png", "jpeg"):
-        raise FtvizError(f"render.thumbnail_format must be auto, png or jpeg, got {options['thumbnail_format']!r}")
-    return options
+def render_options(section: RenderConfig | None) -> dict:
+    """A :class:`RenderConfig` (None: its defaults) as plain options, validated (one-line errors).
+
+    The section is checked again here because the page and painter are also called with a
+    section built in code, which :func:`ftviz.config.validate` never saw.
+    """
+    section = RenderConfig() if section is None else section
+    check_section(section, "render")
+    return dataclasses.asdict(section)
 
 
 def available_modes(data) -> list[str]:

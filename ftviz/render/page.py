@@ -26,7 +26,7 @@ import html
 import io
 import json
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -51,6 +51,9 @@ THUMBNAIL_BUDGET_PIXELS = 6_000_000  # thumbnail area over the whole probe (10,0
 OUTLIER_LEVELS = 16
 QUALITY_LEVELS = 16
 DETECTOR_METRICS = ("auroc", "average_precision", "precision", "recall", "f1", "n_flagged")
+# Values the page prints rounded (the cards' suspicion, the detector table) travel unrounded
+# (12 digits): rounding to 4 digits first printed 0.78451 as 0.784 (0.7845, then 3 places).
+SHOWN_EXACTLY = 12
 
 
 def sprite_sheet(images: np.ndarray, *, max_size: int = 32, image_format: str = "auto",
@@ -120,9 +123,18 @@ def _data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+# Characters that HTML parsing of a <script> element reacts to ("</script>", "<!--" that
+# starts its script-data escape states) or that an entity could start, as JSON escapes.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _json_for_script(value: Any) -> str:
-    """JSON safe inside <script>: no "</" can close the tag early."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """JSON safe inside <script>: no "<", ">" or "&" at all, so no name can end or change it.
+
+    >>> _json_for_script({"name": "<!--<script>"})
+    '{"name":"\\\\u003c!--\\\\u003cscript\\\\u003e"}'
+    """
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
 
 
 def _finite_list(values: np.ndarray, digits: int = 6) -> list:
@@ -175,7 +187,8 @@ def suspicion_meta(data: AnimationData, top: int) -> dict | None:
         best = min(detectors, key=lambda name: ranks[name][index]) if detectors else None
         step = issue_step[index]
         listed.append({
-            "id": int(index), "rank": rank, "suspicion": _finite(suspicion[index]), "flagged": bool(flagged[index]),
+            "id": int(index), "rank": rank, "suspicion": _finite(suspicion[index], SHOWN_EXACTLY),
+            "flagged": bool(flagged[index]),
             "issueStep": None if step is None or not np.isfinite(float(step)) or float(step) < 0 else int(step),
             "detector": best, "detectorRank": int(ranks[best][index]) if best else None,
         })
@@ -193,9 +206,28 @@ def detector_rows(data: AnimationData) -> list[dict] | None:
         row = {"detector": str(record.get("detector", "?")),
                "step": None if step is None or (isinstance(step, float) and not math.isfinite(step)) else int(step)}
         for metric in DETECTOR_METRICS:
-            row[metric] = _finite(record.get(metric))
+            row[metric] = _finite(record.get(metric), SHOWN_EXACTLY)
         rows.append(row)
     return rows
+
+
+class PackedPoints(NamedTuple):
+    """The per-point data of a page, packed by :func:`pack_points`.
+
+    text : the blob, base64 (the #ftviz-points element).
+    descriptors : one dict per array (name, layout, dtype, shape, offset, bytes, ...).
+    axes : the coordinate grid of :func:`ftviz.render.codec.quantise_coordinates`.
+    outlier_range, quality_range, suspicion_range : [low, high] of each quantised score.
+    missing_label : the label code that means "no prediction".
+    """
+
+    text: str
+    descriptors: list
+    axes: dict
+    outlier_range: list
+    quality_range: list
+    suspicion_range: list
+    missing_label: int
 
 
 def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
@@ -210,17 +242,20 @@ def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
         ((total - plotlyjs - thumbnails - generated) / (N T): the page's size budget),
         "coordinate_bytes_per_point_frame".
     """
-    from importlib.resources import files
-
-    from plotly.offline import get_plotlyjs
-
     options = render_options(config)
-    n_frames, n_points = data.n_frames, data.n_points
+    points = pack_points(data)
+    thumbnails, thumbnail_text = _thumbnail_sheet(data, options)
+    meta = page_meta(data, options, points, thumbnails)
+    page = _fill_page(data, meta, points.text, thumbnail_text)
+    return page, _page_sizes(page, points.descriptors, data.n_points * data.n_frames)
+
+
+def pack_points(data: AnimationData) -> PackedPoints:
+    """Every per-point array of the page, quantised and packed by :func:`encode_blob`."""
     codes, axes = quantise_coordinates(data.frames)
     outlier_codes, outlier_range = quantise_unit(data.outlier, levels=OUTLIER_LEVELS)
     quality_codes, quality_range = quantise_unit(data.quality, levels=QUALITY_LEVELS)
-    n_classes = len(data.class_names)
-    labels = label_dtype(n_classes)
+    labels = label_dtype(len(data.class_names))
     predicted = np.where(data.predicted < 0, np.iinfo(labels).max, data.predicted).astype(labels)
     # Layouts chosen by measurement on real runs (see encode_blob): coordinates and scores
     # drift from frame to frame, predictions and flags mostly stay put per point.
@@ -243,40 +278,54 @@ def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
         if "is_label_issue" in data.suspicion:
             arrays.append(("flagged", data.suspicion["is_label_issue"].to_numpy(dtype=bool).astype(np.uint8), "plain"))
     blob, descriptors = encode_blob(arrays)
-    blob_text = base64.b64encode(blob).decode("ascii")
+    return PackedPoints(
+        text=base64.b64encode(blob).decode("ascii"), descriptors=descriptors, axes=axes,
+        outlier_range=outlier_range, quality_range=quality_range, suspicion_range=suspicion_range,
+        missing_label=int(np.iinfo(labels).max),
+    )
 
-    thumbnails = None
-    thumbnail_text = ""
-    if options["thumbnails"] and data.images is not None:
-        sheet, info = sprite_sheet(data.images, max_size=int(options["thumbnail_size"]),
-                                   image_format=str(options["thumbnail_format"]))
-        thumbnails = info
-        thumbnail_text = _data_url(sheet, info["mime"])
-    generated_urls = {str(i): _data_url(p.read_bytes(), "image/png") for i, p in sorted(data.generated.items())}
 
+def _thumbnail_sheet(data: AnimationData, options: dict) -> tuple[dict | None, str]:
+    """(sprite sheet info, its data URL), or (None, "") without images or with thumbnails off."""
+    if not options["thumbnails"] or data.images is None:
+        return None, ""
+    sheet, info = sprite_sheet(data.images, max_size=int(options["thumbnail_size"]),
+                               image_format=str(options["thumbnail_format"]))
+    return info, _data_url(sheet, info["mime"])
+
+
+def page_meta(data: AnimationData, options: dict, points: PackedPoints, thumbnails: dict | None) -> dict:
+    """The #ftviz-meta JSON: everything the page's script reads besides the packed points.
+
+    Names people chose (class names) come twice: ``classNames`` HTML-escaped, for plotly,
+    which reads tags in its labels (a class named ``<a href=...>`` would become a live link in
+    the legend), and ``classNamesText`` as they are, for text nodes.
+    """
+    n_classes = len(data.class_names)
     outlier_finite = data.outlier[np.isfinite(data.outlier)]
     color_range = ([float(np.percentile(outlier_finite, 1)), float(np.percentile(outlier_finite, 99.5))]
                    if outlier_finite.size else [0.0, 1.0])
     modes = available_modes(data)
     color_by = options["color_by"] if options["color_by"] in modes else "label"
     top = int(data.top.shape[1])
-    meta = {
+    return {
         "title": data.title,
         "subtitle": data.subtitle,
         "name": data.name, "model": data.model, "dataset": data.dataset,
-        "T": n_frames, "N": n_points,
+        "T": data.n_frames, "N": data.n_points,
         "steps": [int(s) for s in data.steps],
         "epochs": _finite_list(data.epochs, 4),
-        "classNames": data.class_names,
-        "axes": axes,
+        "classNames": [plotly_text(name) for name in data.class_names],
+        "classNamesText": list(data.class_names),
+        "axes": points.axes,
         "fit": _rounded(frame_fits(data.frames)),
         "axesMode": options["axes"],
         "projection": data.projection,
-        "outlierRange": outlier_range, "outlierLevels": OUTLIER_LEVELS,
-        "qualityRange": quality_range, "qualityLevels": QUALITY_LEVELS, "colorRange": color_range,
-        "suspicionRange": suspicion_range,
-        "arrays": descriptors,
-        "missingLabel": int(np.iinfo(labels).max),
+        "outlierRange": points.outlier_range, "outlierLevels": OUTLIER_LEVELS,
+        "qualityRange": points.quality_range, "qualityLevels": QUALITY_LEVELS, "colorRange": color_range,
+        "suspicionRange": points.suspicion_range,
+        "arrays": points.descriptors,
+        "missingLabel": points.missing_label,
         "metrics": {"train": data.train_metrics, "eval": data.eval_metrics},
         "diagnostics": {
             "disparity": _finite_list(data.disparity, 4),
@@ -284,7 +333,7 @@ def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
             "explained_variance": _finite_list(data.explained_variance, 4),
         },
         "top": data.top.astype(int).tolist(),
-        "topScores": [_finite_list(data.outlier[t, data.top[t]], 4) for t in range(n_frames)],
+        "topScores": [_finite_list(data.outlier[t, data.top[t]], 4) for t in range(data.n_frames)],
         "coordinateBits": COORDINATE_BITS,
         "suspicion": suspicion_meta(data, top),
         "detectors": detector_rows(data),
@@ -303,31 +352,53 @@ def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
         "transitionMs": int(options["transition_ms"]),
     }
 
+
+def plotly_text(name: str) -> str:
+    """``name`` as plotly shows it literally: ``&``, ``<`` and ``>`` as HTML entities.
+
+    Plotly reads a subset of HTML in trace names, titles, hover texts and table cells (``<a
+    href>``, ``<b>``, ``<br>``...) and decodes entities, so escaped text reads as typed.
+
+    >>> plotly_text('<a href="x">cat</a> & dog')
+    '&lt;a href="x"&gt;cat&lt;/a&gt; &amp; dog'
+    """
+    return html.escape(str(name), quote=False)
+
+
+def _fill_page(data: AnimationData, meta: dict, points_text: str, thumbnail_text: str) -> str:
+    """The template with every marker replaced: markup escaped, JSON made safe for <script>."""
+    from importlib.resources import files
+
+    from plotly.offline import get_plotlyjs
+
     assets = files("ftviz") / "assets"
     template = (assets / "animation.html").read_text(encoding="utf-8")
-    plotly_js = get_plotlyjs()
-    meta_text = _json_for_script(meta)
+    generated_urls = {str(i): _data_url(p.read_bytes(), "image/png") for i, p in sorted(data.generated.items())}
     pieces = {
         "{{TITLE}}": html.escape(data.title),
         "{{HEADING}}": html.escape(data.title),
         "{{SUBTITLE}}": html.escape(data.subtitle),
         "/*{{CSS}}*/": (assets / "animation.css").read_text(encoding="utf-8"),
-        "{{META}}": meta_text,
-        "{{POINTS}}": blob_text,
+        "{{META}}": _json_for_script(meta),
+        "{{POINTS}}": points_text,
         "{{THUMBNAILS}}": thumbnail_text,
         "{{GENERATED}}": _json_for_script(generated_urls),
         "/*{{APP}}*/": compact_script((assets / "animation.js").read_text(encoding="utf-8")),
-        "/*{{PLOTLYJS}}*/": plotly_js,
+        "/*{{PLOTLYJS}}*/": get_plotlyjs(),
     }
-    page = _fill_template(template, pieces)
+    return _fill_template(template, pieces)
+
+
+def _page_sizes(page: str, descriptors: list, point_frames: int) -> dict:
+    """:func:`measure_page` plus the page's budget per point and frame (N T = ``point_frames``)."""
     sizes = measure_page(page)
-    point_frames = max(1, n_points * n_frames)
+    point_frames = max(1, point_frames)
     # The page's budget: everything but plotly.js and the images, per point and frame.
     sizes["bytes_per_point_frame"] = (sizes["total"] - sizes["plotlyjs"] - sizes["thumbnails"]
                                       - sizes["generated"]) / point_frames
     # base64 turns 3 bytes into 4: the coordinates' share of the embedded text.
     sizes["coordinate_bytes_per_point_frame"] = descriptors[0]["bytes"] * 4 / 3 / point_frames
-    return page, sizes
+    return sizes
 
 
 def measure_page(page: str) -> dict:

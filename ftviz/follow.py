@@ -1,0 +1,183 @@
+"""The follower: analysis that keeps pace with training, in a process of its own.
+
+While a route trains (``ftviz run``, ``FtvizCallback``, ``ftviz embed``), rank 0 starts
+``python -m ftviz.follow RUN``. It watches ``run.json`` for snapshot steps and analyses each
+frame as it lands, with the same per-frame functions the stages use after training
+(:func:`ftviz.quality.score_frames`, :func:`ftviz.project.project_frames`), recording each
+frame's results under ``analysis/`` (see :mod:`ftviz.framecache`). When training is done it
+finishes the frames left and exits; the training process then runs the stages of the table,
+which find every frame already made and only assemble, detect and render.
+
+Why a process apart: a crash or a slow frame in the analysis never stops training, and the
+analysis uses cores training leaves idle. A follower that dies costs nothing but time: the
+stages make the frames it did not. Killed anywhere, it loses at most the frame in progress.
+
+On a CPU-only machine training and follower share the cores: :func:`thread_split` gives
+training half (at least one) and the follower the rest; with a GPU training needs one core
+to feed it, and the follower takes the others.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ftviz.rundir import RunDir, snapshot_name
+
+POLL_S = 0.2  # how often run.json is read while waiting for a snapshot
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def thread_split(cores: int | None = None, *, gpu: bool = False) -> tuple[int, int]:
+    """(training threads, follower threads) for ``cores`` CPU cores."""
+    cores = max(1, cores or os.cpu_count() or 1)
+    if cores == 1:
+        return 1, 1
+    training = 1 if gpu else max(1, cores // 2)
+    return training, max(1, cores - training)
+
+
+def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.Popen | None:
+    """Start the follower of ``run`` (rank 0 only); returns its process, or None when off.
+
+    ``device`` is where training runs ("cpu", "cuda", ...): it decides the split of the
+    cores. The training process's own torch threads are set here too.
+    """
+    from ftviz.config import config_from_manifest
+
+    config = config_from_manifest(run.manifest())
+    if not config.train.follow:
+        return None
+    gpu = not str(device).startswith("cpu")
+    training_threads, follower_threads = thread_split(gpu=gpu)
+    try:
+        import torch
+
+        if not gpu:
+            torch.set_num_threads(training_threads)
+    except ImportError:
+        pass
+    env = dict(os.environ, **{name: str(follower_threads) for name in THREAD_VARIABLES})
+    env.pop("FTVIZ_TEST_KILL_AT", None)  # a test's stop point is training's, not the follower's
+    env["FTVIZ_FOLLOWER_THREADS"] = str(follower_threads)
+    env["FTVIZ_FOLLOWER_PARENT"] = str(os.getpid())
+    log_path = run.path / "analysis" / "follower.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ftviz.follow", str(run.path)],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env,
+            start_new_session=True,  # Ctrl-C in the terminal stops training; training stops the follower
+        )
+    if log is not None:
+        log(f"ftviz: following the run as it trains (pid {process.pid}, {follower_threads} thread(s))")
+    return process
+
+
+def wait_for_follower(process: subprocess.Popen | None, *, timeout_s: float | None = None) -> bool:
+    """Wait for the follower to finish the frames left (training is done); True if it did."""
+    if process is None:
+        return False
+    try:
+        return process.wait(timeout=timeout_s) == 0
+    except subprocess.TimeoutExpired:
+        stop_follower(process)
+        return False
+
+
+def stop_follower(process: subprocess.Popen | None) -> None:
+    """End the follower now (training stopped); its recorded frames stay."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def ready_steps(run: RunDir) -> list[int]:
+    """Snapshot steps listed in run.json whose files exist (the recorder writes the file first)."""
+    steps = [int(step) for step in run.manifest().get("snapshot_steps", [])]
+    return [step for step in steps if (run.snapshots_dir / snapshot_name(step)).is_file()]
+
+
+def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
+    """Analyse ``path``'s frames as they land until training ends; returns an exit code.
+
+    0: training is done and every frame is analysed. 1: training stopped unfinished
+    (interrupted or failed): the frames made so far stay for the rerun.
+    """
+    from ftviz.config import config_from_manifest
+    from ftviz.project import project_frames
+    from ftviz.quality import score_frames
+
+    run = RunDir(path)
+    config = config_from_manifest(run.manifest())
+    scored: set[int] = set()
+    projected: list[int] = []
+    following_projection = True
+    while True:
+        status = run.stage_status("train")  # read before the steps: a step listed by then is final
+        steps = ready_steps(run)
+        new = [step for step in steps if step not in scored]
+        if new:
+            started = time.perf_counter()
+            score_frames(run, config.score, new)
+            scored.update(new)
+            if following_projection and steps != projected:
+                following_projection = project_frames(run, config.project, steps, final=False, collect=False) is not None
+                projected = list(steps)
+            log(f"follow: {len(new)} frame(s) to step {new[-1]} in {time.perf_counter() - started:.2f} s")
+            continue
+        if status == "done":
+            return 0
+        if status not in ("running", "pending") or not _parent_alive():
+            return 1
+        time.sleep(poll_s)
+
+
+def _parent_alive() -> bool:
+    """Whether the training process that started this follower still runs."""
+    parent = os.environ.get("FTVIZ_FOLLOWER_PARENT")
+    if not parent:
+        return True
+    try:
+        os.kill(int(parent), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m ftviz.follow RUN", file=sys.stderr)
+        return 2
+    from ftviz.rundir import KILL_AT_ENV
+
+    # Test hook (tests/test_follow.py): stop the follower, not training, at a point.
+    if os.environ.get("FTVIZ_TEST_FOLLOWER_KILL_AT"):
+        os.environ[KILL_AT_ENV] = os.environ["FTVIZ_TEST_FOLLOWER_KILL_AT"]
+    threads = os.environ.get("FTVIZ_FOLLOWER_THREADS")
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        except ImportError:
+            pass
+    try:
+        return follow(Path(argv[0]))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The follower (ftviz/follow.py): analysis frame by frame while training runs, the same
+numbers as the stages after training, and stops of either process that resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ftviz.framecache import FrameCache
+from ftviz.rundir import RunDir
+
+# t-SNE with a short schedule: the warm-started chain is what the follower must reproduce.
+PROJECT = {"method": "tsne", "first_iter": 60, "iter": 15, "last_iter": 20, "perplexity": 10.0}
+
+SCRIPT = """
+import sys
+from tests.conftest import tiny_config
+from ftviz.pipeline import run_experiment
+config = tiny_config(sys.argv[1], name=sys.argv[2], project={project!r},
+                     train={{"follow": sys.argv[3] == "1", "epochs": 2}})
+run_experiment(config, progress=False, log=lambda *_: None)
+""".format(project=PROJECT)
+
+
+def _run(out_dir: Path, name: str, *, follow: bool, env: dict | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(out_dir), name, "1" if follow else "0"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root), **(env or {})}, timeout=600,
+    ).returncode
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> RunDir:
+    """An uninterrupted followed run."""
+    out = tmp_path_factory.mktemp("reference")
+    assert _run(out, "followed", follow=True) == 0
+    return RunDir(out / "followed")
+
+
+def assert_same_analysis(run: RunDir, reference: RunDir) -> None:
+    pd.testing.assert_frame_equal(run.read_parquet("scores.parquet"), reference.read_parquet("scores.parquet"))
+    np.testing.assert_allclose(np.load(run.file("frames.npy")), np.load(reference.file("frames.npy")), atol=1e-6)
+    projection, expected = (r.read_parquet("projection.parquet").drop(columns="seconds") for r in (run, reference))
+    pd.testing.assert_frame_equal(projection, expected, atol=1e-6)
+    pd.testing.assert_frame_equal(run.read_parquet("suspicion.parquet"), reference.read_parquet("suspicion.parquet"))
+    assert all(run.stage_status(stage) == "done" for stage in run.manifest()["stages"])
+
+
+def test_a_followed_run_writes_the_same_numbers_as_the_stages_after_training(reference, tmp_path):
+    run = reference
+    steps = run.snapshot_steps()
+    # every frame was recorded frame by frame, the last one settled with last_iter
+    score_cache = FrameCache(run, "score", {}).folder
+    assert sorted(int(p.stem.split("-")[1]) for p in score_cache.glob("step-*.npz")) == steps
+    assert (run.path / "analysis" / "project" / f"step-{steps[-1]:07d}.last.npz").is_file()
+    log = (run.path / "analysis" / "follower.log").read_text()
+    assert f"to step {steps[-1]}" in log  # the follower, not the stages, made the frames
+    # The same snapshots analysed after training, with nothing followed: the same numbers.
+    # (Training itself runs on fewer threads while followed, so two trainings' snapshots
+    # differ in the last bits; the comparison is of the analysis of the same snapshots.)
+    from ftviz.config import config_from_manifest
+    from ftviz.stages import continue_run
+
+    after = RunDir(tmp_path / "after")
+    shutil.copytree(run.path, after.path)
+    shutil.rmtree(after.path / "analysis")
+    for stage in ("score", "detect", "project", "render"):
+        after.mark_stage(stage, "pending")
+    continue_run(after, config_from_manifest(after.manifest()), progress=False, log=lambda *_: None)
+    assert_same_analysis(after, run)
+    assert not (after.path / "analysis" / "follower.log").exists()
+
+
+def test_a_run_with_follow_false_starts_no_follower(tmp_path):
+    assert _run(tmp_path, "plain", follow=False) == 0
+    run = RunDir(tmp_path / "plain")
+    assert not (run.path / "analysis" / "follower.log").exists()
+    assert all(run.stage_status(stage) == "done" for stage in run.manifest()["stages"])
+
+
+def test_the_follower_killed_mid_frame_costs_only_time(reference, tmp_path):
+    # SIGKILL inside the follower's write of step 4's score file: training goes on, and the
+    # stages after it make the frames the follower did not.
+    env = {"FTVIZ_TEST_FOLLOWER_KILL_AT": "write:step-0000004.npz", "FTVIZ_TEST_KILL_SIGNAL": "SIGKILL"}
+    assert _run(tmp_path, "follower-killed", follow=True, env=env) == 0
+    run = RunDir(tmp_path / "follower-killed")
+    # the frame it was writing was made again by the stage (its temporary file is never read)
+    assert (run.path / "analysis" / "score" / "step-0000004.npz").is_file()
+    assert "to step 4" not in (run.path / "analysis" / "follower.log").read_text()
+    assert_same_analysis(run, reference)
+
+
+def test_training_killed_while_the_follower_works_resumes_to_the_same_result(reference, tmp_path):
+    env = {"FTVIZ_TEST_KILL_AT": "wrote:step-0000006.npz"}
+    assert _run(tmp_path, "killed", follow=True, env=env) == -signal.SIGKILL
+    run = RunDir(tmp_path / "killed")
+    assert run.stage_status("train") == "interrupted"
+    assert _run(tmp_path, "killed", follow=True) == 0  # the same command resumes
+    assert_same_analysis(run, reference)
+
+
+def test_thread_split_leaves_each_process_a_core():
+    from ftviz.follow import thread_split
+
+    assert thread_split(2) == (1, 1)
+    assert thread_split(16) == (8, 8)
+    assert thread_split(16, gpu=True) == (1, 15)
+    assert thread_split(1) == (1, 1)
