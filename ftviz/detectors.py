@@ -540,14 +540,12 @@ def detect_run(run, section: DetectConfig, *, progress: bool = True) -> None:
     Reads ``snapshots/`` (logits; the embedding of the last one), ``samples.parquet`` and ``scores.parquet``; ``section``
     holds the ``[detect]`` settings.
     """
-    import pandas as pd
-
     from ftviz.rundir import write_parquet
 
     run.require("train")
     run.require("score")
     check_section(section, "detect")  # a section built in code never met ftviz.config.validate
-    rule, fraction, min_flagged, knn = section.rule, section.learnt_fraction, section.min_flagged, section.knn
+    rule = section.rule
     manifest = run.manifest()
     trained_on = probe_is_trained_on(manifest) if rule == "auto" else rule == "history"
     with run.stage("detect", rule=rule, history=trained_on) as record:
@@ -563,16 +561,8 @@ def detect_run(run, section: DetectConfig, *, progress: bool = True) -> None:
             )
         _check_finite(run, steps, logits, "logits")
         quality, frame_flags, outlier = frame_scores(run, run.scores(), steps, count)
-        labels = samples["given_label"].to_numpy(np.int64)
-        embedding = run.load_snapshot(steps[-1])[0].astype(np.float32)  # the kNN half of the mixed probabilities
-        _check_finite(run, steps[-1:], embedding[None], "embedding")
-        columns, flags = detect(
-            logits=logits, labels=labels, steps=steps, frame_quality=quality, frame_flags=frame_flags,
-            outlier_score=outlier, embedding=embedding, probe_trained_on=trained_on, learnt_fraction=fraction,
-            min_flagged=min_flagged, knn=knn,
-        )
-        table = pd.DataFrame({"id": samples["id"].to_numpy(np.int64), **columns})
-        table["issue_step"] = table["issue_step"].where(table["issue_step"] >= 0).astype("Int64")  # null: never
+        table, columns, flags = _suspicion_table(run, section, samples, steps, logits, quality, frame_flags,
+                                                 outlier, trained_on)
         write_parquet(run.file("suspicion.parquet"), table)
         record["flagged"] = int(columns["is_label_issue"].sum())
         noisy = samples["is_noisy"].to_numpy(bool) if "is_noisy" in samples else np.zeros(count, bool)
@@ -585,6 +575,51 @@ def detect_run(run, section: DetectConfig, *, progress: bool = True) -> None:
             record["f1"] = round(float(suspicion_row["f1"]), 4)
         elif run.file("detectors.parquet").exists():
             run.file("detectors.parquet").unlink()  # a stale table from other labels must not survive
+
+
+def _suspicion_table(run, section: DetectConfig, samples, steps, logits, quality, frame_flags, outlier,
+                     trained_on: bool):
+    """(suspicion table, detector columns, flags) from the history of ``steps``: the detect
+    stage's work, shared by the stage and the follower's interim tables."""
+    import pandas as pd
+
+    labels = samples["given_label"].to_numpy(np.int64)
+    embedding = run.load_snapshot(steps[-1])[0].astype(np.float32)  # the kNN half of the mixed probabilities
+    _check_finite(run, steps[-1:], embedding[None], "embedding")
+    columns, flags = detect(
+        logits=logits, labels=labels, steps=steps, frame_quality=quality, frame_flags=frame_flags,
+        outlier_score=outlier, embedding=embedding, probe_trained_on=trained_on,
+        learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged, knn=section.knn,
+    )
+    table = pd.DataFrame({"id": samples["id"].to_numpy(np.int64), **columns})
+    table["issue_step"] = table["issue_step"].where(table["issue_step"] >= 0).astype("Int64")  # null: never
+    return table, columns, flags
+
+
+def interim_suspicion(run, section: DetectConfig, score_section, steps) -> bool:
+    """While training runs: ``suspicion.parquet`` from the history so far (the follower, now
+    and then), from the frames scored under ``analysis/score/``. The detect stage writes the
+    final one; returns False where the history cannot be judged yet."""
+    from ftviz.quality import score_cache
+    from ftviz.rundir import write_parquet
+
+    cache = score_cache(run, score_section)
+    frames = [cache.get(step) for step in steps]
+    if len(steps) < 2 or any(frame is None for frame in frames):
+        return False
+    samples = run.samples().sort_values("id").reset_index(drop=True)
+    rule = section.rule
+    trained_on = probe_is_trained_on(run.manifest()) if rule == "auto" else rule == "history"
+    logits = load_logits(run, steps)
+    quality = np.stack([frame["label_quality"] for frame in frames])
+    flags = np.stack([frame["is_label_issue"] for frame in frames]).astype(bool)
+    try:
+        table, _, _ = _suspicion_table(run, section, samples, steps, logits, quality, flags,
+                                       frames[-1]["outlier_score"], trained_on)
+    except (FtvizError, ValueError):
+        return False  # too early to judge (e.g. nothing learnt yet): the next interval tries again
+    write_parquet(run.file("suspicion.parquet"), table)
+    return True
 
 
 # ---- readers ----------------------------------------------------------------------------------

@@ -78,8 +78,27 @@ def probe_forward(
             batch = model.preprocess(images[start : start + batch_size])
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 embedding, batch_logits = model.embed(batch)
-            embeddings.append(embedding.to(torch.float16))
-            logits.append(batch_logits.to(torch.float16))
+            embeddings.append(_as_float16(embedding, "embedding"))
+            logits.append(_as_float16(batch_logits, "logits"))
     finally:
         model.train(was_training)
     return torch.cat(embeddings).cpu().numpy(), torch.cat(logits).cpu().numpy()
+
+
+FLOAT16_MAX = 65504.0
+
+
+def _as_float16(values, what: str):
+    """``values`` as float16, the snapshots' dtype; finite values float16 cannot hold are an error
+    that says so (not "training diverged", which is what a NaN or inf in the model means)."""
+    import torch
+
+    finite = torch.isfinite(values)
+    if bool(finite.all()) and bool((values.abs() > FLOAT16_MAX).any()):
+        largest = float(values.abs().max())
+        raise FtvizError(
+            f"the probe {what} reach {largest:.3g}, beyond float16's range (65504) in which snapshots are "
+            "stored: the model's outputs are unnormalised; lower the learning rate or add a normalisation "
+            "(e.g. a final LayerNorm) before the embedding"
+        )
+    return values.to(torch.float16)

@@ -28,6 +28,7 @@ from pathlib import Path
 from ftviz.rundir import RunDir, snapshot_name
 
 POLL_S = 0.2  # how often run.json is read while waiting for a snapshot
+DETECT_EVERY = 5  # frames between the follower's interim suspicion tables (the detect stage makes the final one)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -113,6 +114,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     (interrupted or failed): the frames made so far stay for the rerun.
     """
     from ftviz.config import config_from_manifest
+    from ftviz.detectors import interim_suspicion
     from ftviz.project import project_frames
     from ftviz.quality import score_frames
 
@@ -121,6 +123,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     scored: set[int] = set()
     projected: list[int] = []
     following_projection = True
+    detected_at = 0
     while True:
         status = run.stage_status("train")  # read before the steps: a step listed by then is final
         steps = ready_steps(run)
@@ -132,6 +135,9 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
             if following_projection and steps != projected:
                 following_projection = project_frames(run, config.project, steps, final=False, collect=False) is not None
                 projected = list(steps)
+            if len(scored) - detected_at >= DETECT_EVERY:  # the suspicion cards, refreshed now and then
+                if interim_suspicion(run, config.detect, config.score, sorted(scored)):
+                    detected_at = len(scored)
             log(f"follow: {len(new)} frame(s) to step {new[-1]} in {time.perf_counter() - started:.2f} s")
             continue
         if status == "done":

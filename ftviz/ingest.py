@@ -232,8 +232,8 @@ def ingest_checkpoints(
     config.model.name = model_config.model_type  # what was ingested, recorded in run.json
     config.model.pretrained = str(folder.resolve())
     splits = load_splits(config.data, seed=config.seed)
-    check_probe_size(config, len(splits.probe))
     check_labels(model_config, splits.class_names, config.data.dataset, checkpoints[0].path, log)
+    check_probe_size(config, len(splits.probe))
     device = resolve_device(config.train.device)
 
     def settings_for(checkpoint: Checkpoint):

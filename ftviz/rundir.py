@@ -135,7 +135,9 @@ def one_line(error: BaseException) -> str:
 # a signal (SIGKILL, or the one FTVIZ_TEST_KILL_SIGNAL names, e.g. SIGINT) at that point, so a
 # test stops a run exactly there. Points: "stage:NAME" (stage NAME just marked running),
 # "write:FILE" (inside an atomic write of FILE: the temporary file is complete, not renamed
-# yet), "wrote:FILE" (FILE just renamed into place); FILE is a base name, the first write fires.
+# yet), "wrote:FILE" (FILE just renamed into place), "step:N" (training, between optimizer steps
+# N and N+1); FILE is a base name, the first write fires. The follower takes its own point from
+# FTVIZ_TEST_FOLLOWER_KILL_AT (ftviz/follow.py), so a test stops one process, not both.
 KILL_AT_ENV = "FTVIZ_TEST_KILL_AT"
 
 

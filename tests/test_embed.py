@@ -60,3 +60,19 @@ def test_auto_precision_on_both_kinds_of_cpu(monkeypatch, native_bf16):
     assert resolve_precision("auto", cpu, inference=False) is None
     assert resolve_precision("fp32", cpu, inference=True) is None
     assert resolve_precision("bf16", cpu, inference=True) is torch.bfloat16
+
+
+def test_finite_embeddings_beyond_float16_are_one_line_not_divergence():
+    """float16 overflow of large finite embeddings is named as such (it used to read "training
+    diverged", which is what a NaN means)."""
+    import torch
+
+    from ftviz.embed import _as_float16
+    from ftviz.errors import FtvizError
+
+    assert _as_float16(torch.tensor([1.0, -65504.0]), "embedding").dtype == torch.float16
+    with pytest.raises(FtvizError, match="beyond float16's range") as raised:
+        _as_float16(torch.tensor([1.0, 1e6]), "embedding")
+    assert "1e+06" in str(raised.value) and "\n" not in str(raised.value)
+    # a NaN is left for the recorder's "not finite" check
+    assert torch.isnan(_as_float16(torch.tensor([float("nan")]), "logits").float()).all()

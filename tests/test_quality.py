@@ -138,3 +138,46 @@ def test_score_refuses_a_snapshot_with_nan_in_one_line(tiny_run, tmp_path, capsy
     assert err.count("\n") == 0 and "Traceback" not in err
     assert f"snapshot step {step}" in err and "NaN" in err and "rerun training" in err
     assert run.file("scores.parquet").read_bytes() == before  # nothing half-written
+
+
+# ---- ftviz quality on a terminal ------------------------------------------------------------------
+TERMINAL_HOSTILE = [
+    "red\x1b[31m|alert\x1b[0m",  # colour escape and a table separator
+    "two\nlines\r",
+    "bell\x07\x00nul",
+    "title\x1b]0;owned\x07set",  # OSC: sets the terminal's title
+    "\u202egnp.exe",  # right-to-left override
+    "tab\there", "del\x7f", "c1\x9b31m", "pipe | pipe", "plain",
+]
+
+
+def test_quality_prints_names_as_plain_table_cells(tiny_run, tmp_path, capsys):
+    import re
+    import shutil
+    import unicodedata
+
+    from ftviz.cli import main
+    from ftviz.cli_quality import terminal_text
+    from ftviz.rundir import RunDir
+
+    run = RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+    manifest = run.manifest()
+    run.update_manifest(dataset={**manifest["dataset"], "class_names": TERMINAL_HOSTILE})
+    capsys.readouterr()
+    assert main(["quality", str(run.path), "--top", "20"]) == 0
+    out = capsys.readouterr().out
+    assert not [ch for ch in out if ch != "\n" and unicodedata.category(ch) == "Cc"]
+    assert "\u202e" not in out
+    separators = re.compile(r"(?<!\\)\|")  # every | but the escaped ones
+    tables = [block.splitlines() for block in out.split("\n\n") if block.startswith("| ")]
+    assert len(tables) == 2  # the detectors, the most suspicious samples
+    for lines in tables:  # every row has its header's number of cells
+        assert {len(separators.findall(line)) for line in lines} == {len(separators.findall(lines[0]))}
+    top = tables[1]
+    assert len(top) == 2 + 20 and any("\\|" in line for line in top) and any("plain" in line for line in top)
+    # What each name became: its text, nothing else.
+    assert terminal_text(TERMINAL_HOSTILE[0]) == "red\\|alert"
+    assert terminal_text(TERMINAL_HOSTILE[1]) == "twolines"
+    assert terminal_text(TERMINAL_HOSTILE[3]) == "titleset"
+    assert terminal_text(TERMINAL_HOSTILE[4]) == "gnp.exe"
+    assert terminal_text(TERMINAL_HOSTILE[7]) == "c1"

@@ -1,9 +1,10 @@
 """Model registry in the style of timm: ``@register_model``, ``create_model``, ``list_models``.
 
-Each family lives in its own file (``vit.py``, ``swin.py``, ``diffusion.py``) and registers
-one thin function per variant at its bottom. A registered function takes ``num_classes``,
-``image_size``, ``pretrained`` (hub id or local folder, "" for random weights) and
-architecture overrides, and returns an :class:`ftviz.models.base.ProbeModel`.
+Each family lives in its own file (``vit.py``, ``swin.py``, ``diffusion.py``,
+``stable_diffusion.py``) and registers one thin function per variant at its bottom. A
+registered function takes ``num_classes``, ``image_size``, ``pretrained`` (hub id or local
+folder, "" for random weights) and architecture overrides, and returns an
+:class:`ftviz.models.base.ProbeModel`.
 ``"timm/<architecture>"`` names any timm model (optional extra ``timm``, ``timm_models.py``).
 """
 
@@ -15,7 +16,8 @@ from typing import Callable
 from ftviz.errors import FtvizError
 
 _model_entrypoints: dict[str, Callable] = {}
-_FAMILY_MODULES = ("ftviz.models.vit", "ftviz.models.swin", "ftviz.models.diffusion")
+_FAMILY_MODULES = ("ftviz.models.vit", "ftviz.models.swin", "ftviz.models.diffusion",
+                  "ftviz.models.stable_diffusion")
 TIMM_PREFIX = "timm/"  # any timm architecture by name, built on demand (not listed)
 
 
