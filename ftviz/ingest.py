@@ -213,15 +213,9 @@ def ingest_checkpoints(
     -------
     The :class:`ftviz.rundir.RunDir` with stage "train" done.
     """
-    from tqdm.auto import tqdm
-
     from ftviz.config import check_probe_size
     from ftviz.data import load_splits
     from ftviz.embed import resolve_device
-    from ftviz.models.hf import wrap_model
-    from ftviz.models.hub import load_processor_settings, read_processor_config
-    from ftviz.recorder import Recorder
-    from ftviz.runs import run_path
 
     folder = Path(checkpoints_dir).expanduser()
     # Everything that can be wrong with the input is checked before the run folder is touched.
@@ -234,77 +228,23 @@ def ingest_checkpoints(
     splits = load_splits(config.data, seed=config.seed)
     check_labels(model_config, splits.class_names, config.data.dataset, checkpoints[0].path, log)
     check_probe_size(config, len(splits.probe))
-    device = resolve_device(config.train.device)
-
-    def settings_for(checkpoint: Checkpoint):
-        return load_processor_settings(
-            checkpoint.path, folder, processor, default_size=getattr(model_config, "image_size", 224)
-        )
-
-    def wrapped(hf_model, settings):
-        # the processor's own file once more, for its crop and resampling (see wrap_model)
-        config = read_processor_config(settings.origin) if settings.origin != "defaults" else None
-        return wrap_model(hf_model, settings, config)
-
-    first_settings = settings_for(checkpoints[0])
-    hf_model = load_classifier(checkpoints[0])
-    model = wrapped(hf_model, first_settings)
-    recorder = Recorder(run_path(config.out_dir, config.name), probe_images=splits.probe.images,
-                        probe_labels=splits.probe.labels, class_names=splits.class_names,
-                        probe_true_labels=splits.probe_true_labels, config=config, probe_split="probe",
-                        batch_size=config.train.eval_batch_size, precision=config.train.embed_precision)
-    source = {
-        "kind": "hf_trainer_checkpoints",
-        "path": str(folder.resolve()),
-        "checkpoints": [c.path.name for c in checkpoints],
-        "trainer_state": str(history_path) if history_path else None,
-        "processor": {"origin": first_settings.origin, "size": first_settings.size,
-                      "mean": list(first_settings.mean), "std": list(first_settings.std)},
-        "base_processor": processor or None,
-    }
-    # The checkpoints are the user's: the run folder may lie neither inside them nor around them.
-    resuming = recorder.open(model, hf_model=hf_model, force=force, keep_out=(folder,),
-                             force_hint="pass --force to replace it", source=source,
-                             train_size=len(splits.train), noise_map=splits.noise_map,
-                             model_info={"model_type": model_config.model_type})
+    models = _CheckpointModels(folder, processor, model_config, splits.num_classes)
+    model, hf_model = models.first(checkpoints[0])
+    recorder, resuming = _open_recorder(config, splits, folder, checkpoints, history_path, models, model, hf_model,
+                                        force=force, processor=processor)
     run = recorder.run
-
-    done = recorder.restore(logged=[])
-    todo = [c for c in checkpoints if c.step not in done]
+    todo = [c for c in checkpoints if c.step not in recorder.restore(logged=[])]
     log(f"ftviz: {'resuming' if resuming else 'embedding'} {len(todo)} of {len(checkpoints)} checkpoints "
-        f"({model_config.model_type}, {len(splits.probe)} probe images, {first_settings.size} px, "
-        f"processor from {first_settings.origin}) -> {run.path}")
+        f"({model_config.model_type}, {len(splits.probe)} probe images, {models.first_settings.size} px, "
+        f"processor from {models.first_settings.origin}) -> {run.path}")
     if history_path is None:
         log(f"ftviz: note: no {STATE_FILE} in {folder}; the loss curve will show only the probe metrics")
-
-    rows = metrics_from_log_history(history)
-    learning_rates = {row["step"]: row["learning_rate"] for row in rows if row["split"] == "train"}
-    epochs = {c.step: float(states.get(c.path / STATE_FILE, {}).get("epoch", float("nan"))) for c in checkpoints}
     if not todo and run.stage_status("train") == "done":
         return run  # stopped after embedding: redoing the train stage would stale every later one
-    model.to(device)  # the first checkpoint's, loaded above to check it
+    rows = metrics_from_log_history(history)
     with run.stage("train", source="checkpoints", total_steps=checkpoints[-1].step) as record:
-        bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)
-        try:
-            for checkpoint in bar:
-                # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
-                # checkpoint costs little and lets transformers convert legacy key names.
-                if checkpoint is not checkpoints[0]:
-                    model = wrapped(load_classifier(checkpoint), settings_for(checkpoint)).to(device)
-                    if model.num_classes != splits.num_classes:
-                        raise FtvizError(
-                            f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "
-                            f"{splits.num_classes}: the folder mixes runs; keep one run's checkpoints"
-                        )
-                try:
-                    recorder.snapshot(model, checkpoint.step, epoch=epochs.get(checkpoint.step, float("nan")),
-                                      learning_rate=learning_rates.get(checkpoint.step, float("nan")))
-                except FtvizError as error:
-                    if "not finite" in str(error):
-                        raise FtvizError(f"the embeddings of {checkpoint.path} are not finite; is the checkpoint damaged?") from None
-                    raise
-        finally:
-            bar.close()
+        _embed_checkpoints(recorder, todo, models, model.to(resolve_device(config.train.device)),
+                           first_checkpoint=checkpoints[0], states=states, rows=rows, progress=progress)
         # The Trainer's loss curve first, then the probe rows, step by step.
         recorder.set_logged(rows)
         recorder.write_metrics()
@@ -312,3 +252,95 @@ def ingest_checkpoints(
         record.update(snapshots=len(recorder.snapshot_steps), final_true_accuracy=final.get("true_accuracy"))
     recorder.wait_for_analysis()
     return run
+
+
+class _CheckpointModels:
+    """Each checkpoint's classifier wrapped with its image-processor settings, for the probe."""
+
+    def __init__(self, folder: Path, processor: str, model_config, num_classes: int):
+        self.folder, self.processor = folder, processor
+        self.default_size = getattr(model_config, "image_size", 224)
+        self.num_classes = num_classes
+        self.first_settings = None
+
+    def settings_for(self, checkpoint: Checkpoint):
+        from ftviz.models.hub import load_processor_settings
+
+        return load_processor_settings(checkpoint.path, self.folder, self.processor, default_size=self.default_size)
+
+    def wrapped(self, hf_model, settings):
+        from ftviz.models.hf import wrap_model
+        from ftviz.models.hub import read_processor_config
+
+        # the processor's own file once more, for its crop and resampling (see wrap_model)
+        config = read_processor_config(settings.origin) if settings.origin != "defaults" else None
+        return wrap_model(hf_model, settings, config)
+
+    def first(self, checkpoint: Checkpoint):
+        """(probe model, Hugging Face model) of the first checkpoint, loaded to check the input."""
+        self.first_settings = self.settings_for(checkpoint)
+        hf_model = load_classifier(checkpoint)
+        return self.wrapped(hf_model, self.first_settings), hf_model
+
+    def load(self, checkpoint: Checkpoint, device):
+        # from_pretrained maps the weights lazily: ~0.1 s for ViT-B, so a fresh load per
+        # checkpoint costs little and lets transformers convert legacy key names.
+        model = self.wrapped(load_classifier(checkpoint), self.settings_for(checkpoint)).to(device)
+        if model.num_classes != self.num_classes:
+            raise FtvizError(
+                f"{checkpoint.path} has {model.num_classes} outputs, the first checkpoint "
+                f"{self.num_classes}: the folder mixes runs; keep one run's checkpoints"
+            )
+        return model
+
+
+def _open_recorder(config, splits, folder: Path, checkpoints, history_path, models: _CheckpointModels, model,
+                   hf_model, *, force: bool, processor: str):
+    """The Recorder of the run, opened by the one rule (new, resume, refuse, --force)."""
+    from ftviz.recorder import Recorder
+    from ftviz.runs import run_path
+
+    recorder = Recorder(run_path(config.out_dir, config.name), probe_images=splits.probe.images,
+                        probe_labels=splits.probe.labels, class_names=splits.class_names,
+                        probe_true_labels=splits.probe_true_labels, config=config, probe_split="probe",
+                        batch_size=config.train.eval_batch_size, precision=config.train.embed_precision)
+    settings = models.first_settings
+    source = {
+        "kind": "hf_trainer_checkpoints",
+        "path": str(folder.resolve()),
+        "checkpoints": [c.path.name for c in checkpoints],
+        "trainer_state": str(history_path) if history_path else None,
+        "processor": {"origin": settings.origin, "size": settings.size,
+                      "mean": list(settings.mean), "std": list(settings.std)},
+        "base_processor": processor or None,
+    }
+    # The checkpoints are the user's: the run folder may lie neither inside them nor around them.
+    resuming = recorder.open(model, hf_model=hf_model, force=force, keep_out=(folder,),
+                             force_hint="pass --force to replace it", source=source,
+                             train_size=len(splits.train), noise_map=splits.noise_map,
+                             model_info={"model_type": config.model.name})  # set to the checkpoints' type
+    return recorder, resuming
+
+
+def _embed_checkpoints(recorder, todo, models: _CheckpointModels, first_model, *, first_checkpoint, states, rows,
+                       progress: bool):
+    """One snapshot per checkpoint in ``todo``, with its epoch and the Trainer's learning rate;
+    ``first_model`` is ``first_checkpoint``'s, already loaded to check the input."""
+    from tqdm.auto import tqdm
+
+    learning_rates = {row["step"]: row["learning_rate"] for row in rows if row["split"] == "train"}
+    device = next(first_model.parameters()).device
+    bar = tqdm(todo, desc="embed", unit="ckpt", disable=not progress, leave=False)
+    try:
+        for checkpoint in bar:
+            model = first_model if checkpoint is first_checkpoint else models.load(checkpoint, device)
+            epoch = float(states.get(checkpoint.path / STATE_FILE, {}).get("epoch", float("nan")))
+            try:
+                recorder.snapshot(model, checkpoint.step, epoch=epoch,
+                                  learning_rate=learning_rates.get(checkpoint.step, float("nan")))
+            except FtvizError as error:
+                if "not finite" in str(error):
+                    raise FtvizError(f"the embeddings of {checkpoint.path} are not finite; is the checkpoint damaged?") from None
+                raise
+    finally:
+        bar.close()

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker and the processes
+# it starts use one thread: two workers with two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
 
 TINY_VIT = {
     "hidden_size": 32,
@@ -25,7 +39,9 @@ def tiny_config(tmp_path, name: str = "tiny", **sections):
         "out_dir": str(tmp_path),
         "data": {"dataset": "synthetic", "train_size": 200, "image_size": 16, "noise_rate": 0.1},
         "model": {"name": "vit_tiny", "options": dict(TINY_VIT)},
-        "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "snapshot_every": 2, "device": "cpu"},
+        # follow=false: the stages after training, in this process (a follower is a process per
+        # run; tests/test_follow.py and the Trainer-callback tests run with one)
+        "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "snapshot_every": 2, "device": "cpu", "follow": False},
         "score": {"k": 5},
     }
     for key, value in sections.items():
