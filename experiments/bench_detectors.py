@@ -59,7 +59,8 @@ LABELS = {
 def ensure_run(name: str, overrides: list[str], scratch: Path):
     """The workload's run, trained once (reused when its training is done)."""
     from ftviz.config import load_config
-    from ftviz.pipeline import continue_run, run_experiment
+    from ftviz.pipeline import run_experiment
+    from ftviz.stages import continue_run
     from ftviz.rundir import RunDir
 
     config = load_config(ROOT / "experiments" / "default.toml",

@@ -122,7 +122,7 @@ def route_checkpoints(config, out: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from ftviz.ingest import ingest_checkpoints
-    from ftviz.pipeline import continue_run
+    from ftviz.stages import continue_run
 
     splits, probe_model, arguments = _trainer_parts(config)
     train_set, processor = _train_set(splits, probe_model)

@@ -20,6 +20,9 @@ def register(add) -> None:
     p.add_argument("run", help="run directory (runs/<name>) with the detect stage done")
     p.add_argument("--top", type=int, default=10, metavar="N", help="suspicious samples to list (default 10)")
     p.add_argument("--frames", action="store_true", help="also list single-frame Cleanlab at every snapshot")
+    p.add_argument("--export", metavar="FILE.csv",
+                   help="write one row per examined sample (split, id, given_label, suggested_label, suspicion, "
+                        "is_label_issue) for data.fixes in the next run")
 
 
 def cmd_quality(args) -> None:
@@ -40,9 +43,84 @@ def cmd_quality(args) -> None:
         rows = detectors if args.frames else detectors[detectors["detector"] != "cleanlab_frame"]
         print()
         print(format_detectors(rows))
+    train_detectors = run.file("train_detectors.parquet")
+    if run.file("train_suspicion.parquet").is_file():
+        import pandas as pd
+
+        train = pd.read_parquet(run.file("train_suspicion.parquet"))
+        print()
+        print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
+              "samples flagged")
+        if train_detectors.is_file():
+            table = pd.read_parquet(train_detectors)
+            print(format_detectors(table if args.frames else table[table["detector"] != "cleanlab_frame"]))
     if args.top:
         print()
         print(format_top(run, suspicion, args.top))
+    if args.export:
+        rows = export_fixes(run, args.export)
+        print(f"\nwrote {rows} rows to {args.export} (use it with --set data.fixes={args.export})")
+
+
+EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "dataset"]
+
+
+def export_table(run):
+    """One row per examined sample, probe then training set (when the run recorded dynamics).
+
+    ``dataset`` is the training split's fingerprint (run.json ``train_split``), which
+    ``data.fixes`` checks; "" where the run did not record it.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from ftviz.detectors import learnt_from, load_logits, probe_is_trained_on, suggested_labels
+
+    fingerprint = str(run.manifest().get("train_split", {}).get("fingerprint", ""))
+    suspicion = run.suspicion()
+    samples = run.samples().sort_values("id").reset_index(drop=True)
+    labels = samples["given_label"].to_numpy(np.int64)
+    steps = run.snapshot_steps()
+    history = load_logits(run, steps if probe_is_trained_on(run.manifest()) else steps[-1:])
+    start = learnt_from(logits=history, labels=labels) if len(history) > 1 else 0
+    probe = pd.DataFrame({
+        "split": "probe", "id": samples["id"].to_numpy(np.int64), "given_label": labels,
+        "suggested_label": suggested_labels(logits=history, labels=labels,
+                                            flags=suspicion["is_label_issue"].to_numpy(bool), start=start),
+        "suspicion": suspicion["suspicion"].to_numpy(np.float64),
+        "is_label_issue": suspicion["is_label_issue"].to_numpy(bool),
+    })
+    parts = [probe]
+    if run.file("train_suspicion.parquet").is_file():
+        from ftviz.dynamics import read_train_samples
+
+        train = run.read_parquet("train_suspicion.parquet", "detect").sort_values("id").reset_index(drop=True)
+        given = read_train_samples(run).set_index("id").loc[train["id"], "given_label"].to_numpy(np.int64)
+        parts.append(pd.DataFrame({
+            "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": given,
+            "suggested_label": train["suggested_label"].to_numpy(np.int64),
+            "suspicion": train["suspicion"].to_numpy(np.float64),
+            "is_label_issue": train["is_label_issue"].to_numpy(bool),
+        }))
+    table = pd.concat(parts, ignore_index=True)
+    table["dataset"] = fingerprint
+    return table[EXPORT_COLUMNS]
+
+
+def export_fixes(run, path) -> int:
+    """Write :func:`export_table` to ``path`` (CSV, atomically); returns the number of rows."""
+    from pathlib import Path
+
+    from ftviz.errors import FtvizError
+    from ftviz.rundir import atomic_path
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FtvizError(f"--export {path}: the folder {path.parent} does not exist; create it or choose another path")
+    table = export_table(run)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return len(table)
 
 
 def _cell(value, digits: int = 3) -> str:

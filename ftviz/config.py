@@ -144,8 +144,13 @@ class DataConfig(Section):
     train_size: int = 0  # 0 = the whole train split, else a stratified subset
     test_fraction: float = 0.2  # for datasets without an official split (digits, imagefolder)
     image_size: int = 32  # digits and synthetic are rendered at this size
+    # Label fixes from `ftviz quality RUN --export FILE.csv` (possibly edited): the training
+    # rows with is_label_issue true are relabelled to suggested_label, or dropped.
+    fixes: str = ""  # "" = none, else the CSV's path
+    fix: str = "relabel"  # relabel | drop
 
     constraints: ClassVar[dict[str, Any]] = {
+        "fix": Options("relabel", "drop"),
         "noise_rate": Interval(float, 0, 1, closed="left"),
         "noise": Options("symmetric", "asymmetric"),
         "probe": Options("train", "test"),
@@ -188,6 +193,7 @@ class TrainConfig(Section):
     save_weights: str = "latest"  # latest | none | all (every snapshot, large)
     max_steps: int = 0  # 0 = from epochs
     follow: bool = True  # analyse each snapshot as it lands, in a process apart (ftviz/follow.py)
+    dynamics: bool = True  # record every training sample's logits at each step (ftviz/dynamics.py)
 
     constraints: ClassVar[dict[str, Any]] = {
         "epochs": Interval(float, 0),
@@ -203,6 +209,7 @@ class TrainConfig(Section):
         "embed_precision": PRECISIONS,
         "save_weights": Options("latest", "none", "all"),
         "max_steps": Interval(int, 0),
+        "dynamics": Satisfies(lambda value: isinstance(value, bool), "true or false"),
     }
     rules: ClassVar[tuple] = (
         (lambda s: s.epochs > 0 or s.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)"),

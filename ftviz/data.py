@@ -50,6 +50,18 @@ class Splits:
     probe_true_labels: np.ndarray
     # Asymmetric noise only: class c's labels were flipped to noise_map[c] (recorded in run.json).
     noise_map: list[int] | None = None
+    # Training sample ids (row i of ``train`` is sample train_ids[i]): positions in the training
+    # split before any fix dropped samples, so runs with and without fixes name the same sample
+    # alike. None: 0..len(train)-1.
+    train_ids: np.ndarray | None = None
+    # Hash of the training split's images before fixes (ftviz.dynamics.split_fingerprint).
+    train_fingerprint: str = ""
+    # What data.fixes changed: {"relabelled": n, "dropped": n} (empty without fixes).
+    fixes_applied: dict | None = None
+
+    @property
+    def train_sample_ids(self) -> np.ndarray:
+        return np.arange(len(self.train)) if self.train_ids is None else np.asarray(self.train_ids, dtype=np.int64)
 
     @property
     def class_names(self) -> list[str]:
@@ -329,6 +341,15 @@ def load_splits(config, *, seed: int) -> Splits:
         if noise == "asymmetric" and config.noise_rate > 0 else None
     flips = {"kind": noise, "confused_with": confused_with}
     train_noisy, _ = inject_label_noise(train.labels, config.noise_rate, num_classes, seed=seed + 1, **flips)
+    from ftviz.dynamics import split_fingerprint
+
+    fingerprint = split_fingerprint(train.images)
+    train_ids, applied = np.arange(len(train)), None
+    if config.fixes:
+        # Before the probe is drawn: a probe from the training split sees the fixed labels.
+        train_noisy, keep, applied = apply_label_fixes(config.fixes, train_noisy, num_classes=num_classes,
+                                                        fingerprint=fingerprint, how=config.fix)
+        train, train_noisy, train_ids = train.subset(keep), train_noisy[keep], keep
     if config.probe == "train":
         probe_source, probe_noisy_all = train, train_noisy
     else:
@@ -348,4 +369,98 @@ def load_splits(config, *, seed: int) -> Splits:
         train_true_labels=train.labels,
         probe_true_labels=probe_source.labels[probe_idx],
         noise_map=None if confused_with is None else confused_with.tolist(),
+        train_ids=train_ids,
+        train_fingerprint=fingerprint,
+        fixes_applied=applied,
     )
+
+
+FIX_COLUMNS = ("split", "id", "suggested_label", "is_label_issue")
+
+
+def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint: str, how: str):
+    """Apply an export of ``ftviz quality RUN --export`` to the training labels.
+
+    The rows with ``split`` "train" and ``is_label_issue`` true are relabelled to their
+    ``suggested_label`` (``how="relabel"``) or dropped (``how="drop"``). A file naming ids the
+    split does not have, labels outside 0..C-1, or made for another training split (its
+    ``dataset`` column, when present, is the split's fingerprint) is refused in one line.
+
+    Parameters
+    ----------
+    labels : (N,) int64 training labels (noise injected), indexed by sample id.
+
+    Returns
+    -------
+    (labels (N,) int64 relabelled, keep (K,) int64 the ids kept in order, {"relabelled": n, "dropped": n})
+    """
+    import pandas as pd
+
+    path = str(path)
+    where = f"data.fixes = {path!r}"
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise FtvizError(f"{where}: no such file; give the CSV written by `ftviz quality RUN --export FILE.csv`") from None
+    except Exception as error:
+        raise FtvizError(f"{where} is not a readable CSV ({type(error).__name__}); give the file "
+                         "`ftviz quality RUN --export` writes") from None
+    missing = [c for c in FIX_COLUMNS if c not in table]
+    if missing:
+        raise FtvizError(f"{where} lacks the columns {', '.join(missing)}; it must have "
+                         f"{', '.join(FIX_COLUMNS)} (as `ftviz quality RUN --export` writes)")
+    if "dataset" in table and len(table):
+        made_for = {str(value) for value in table["dataset"].dropna().unique()}
+        if made_for and made_for != {fingerprint}:
+            raise FtvizError(f"{where} was exported for another training split (dataset {sorted(made_for)[0]!r}, "
+                             f"this one is {fingerprint!r}): export it from a run of this data config")
+    train_rows = table[table["split"].astype(str) == "train"]
+    flagged = train_rows[_as_bool(train_rows["is_label_issue"], where)]
+    ids = _as_ints(flagged["id"], "id", where)
+    bad = ids[(ids < 0) | (ids >= len(labels))]
+    if len(bad):
+        raise FtvizError(f"{where} names training id {int(bad[0])}, but the training split has ids 0..{len(labels) - 1}"
+                         f" ({len(bad)} such rows): export it from a run of this data config")
+    if len(np.unique(ids)) != len(ids):
+        raise FtvizError(f"{where} names training id {int(ids[np.argmax(np.bincount(ids))])} more than once; "
+                         "keep one row per sample")
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    keep = np.arange(len(labels))
+    if how == "drop":
+        keep = np.setdiff1d(keep, ids)
+        if len(np.unique(labels[keep])) < 2:
+            raise FtvizError(f"{where} with data.fix = 'drop' leaves fewer than two classes to train on")
+        return labels, keep, {"relabelled": 0, "dropped": int(len(ids))}
+    suggested = _as_ints(flagged["suggested_label"], "suggested_label", where)
+    outside = suggested[(suggested < 0) | (suggested >= num_classes)]
+    if len(outside):
+        raise FtvizError(f"{where} suggests label {int(outside[0])}, outside 0..{num_classes - 1} "
+                         f"({len(outside)} such rows): fix those rows or export again")
+    changed = int((labels[ids] != suggested).sum())
+    labels[ids] = suggested
+    return labels, keep, {"relabelled": changed, "dropped": 0}
+
+
+def _as_ints(column, name: str, where: str) -> np.ndarray:
+    values = _numeric(column)
+    if values is None or np.isnan(values).any() or (values != np.round(values)).any():
+        raise FtvizError(f"{where}: column {name} must hold whole numbers on every flagged training row")
+    return values.astype(np.int64)
+
+
+def _as_bool(column, where: str) -> np.ndarray:
+    text = column.astype(str).str.strip().str.lower()
+    truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    unknown = text[~text.isin(list(truth))]
+    if len(unknown):
+        raise FtvizError(f"{where}: is_label_issue must be true or false, got {unknown.iloc[0]!r}")
+    return text.map(truth).to_numpy(bool)
+
+
+def _numeric(column) -> np.ndarray | None:
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(column, errors="raise").to_numpy(np.float64)
+    except (ValueError, TypeError):
+        return None

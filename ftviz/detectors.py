@@ -504,6 +504,125 @@ def detector_table(
     return table
 
 
+# ---- the training set, from the training dynamics --------------------------------------------
+def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0) -> np.ndarray:
+    """The label to give each sample: the argmax of the mean softmax over ``logits[start:]``;
+    for a flagged sample whose argmax is still its given label (a memorised label), the most
+    probable other class.
+
+    Parameters
+    ----------
+    logits : (T, N, C) history; labels : (N,) given labels; flags : (N,) bool.
+
+    Returns (N,) int64.
+    """
+    logits, labels = _check(logits, labels)
+    probs = softmax(logits[min(int(start), len(logits) - 1):]).mean(axis=0)
+    suggested = probs.argmax(axis=1)
+    memorised = np.asarray(flags, dtype=bool) & (suggested == labels)
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    suggested[memorised] = others[memorised].argmax(axis=1)
+    return suggested.astype(np.int64)
+
+
+def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: np.ndarray,
+                        learnt_fraction: float = 0.8, min_flagged: float = 0.2):
+    """Every detector on the training set, from the logits training itself computed.
+
+    The training-time logits of a sample at its k-th pass (slot k, about epoch k) play the part
+    of the probe's snapshots: Cleanlab's label quality and flags at every slot, the area under
+    the margin, the data map and forgetting events over the slots, and the recommendation of
+    :func:`recommend` (the network trains on these samples). Each pass's logits were computed
+    before that batch's update, so the sample is out-of-sample at its first pass only. No
+    embedding is recorded for training samples: the outlier columns are NaN and the
+    probabilities are the softmax alone.
+
+    Parameters
+    ----------
+    history : (K, N, C) slot logits (:func:`ftviz.dynamics.histories`); labels : (N,) given labels;
+    slot_steps : (K, N) step of each slot per sample.
+
+    Returns
+    -------
+    columns : {name: (N,) array} as :func:`detect`, ``issue_step`` the sample's own step (-1:
+        none), plus ``suggested_label``; flags : {detector: (N,) bool or None}; frame_quality,
+        frame_flags : (K, N) Cleanlab at every slot.
+    """
+    history, labels = _check(history, labels)
+    slots = len(history)
+    quality = np.empty(history.shape[:2], dtype=np.float64)
+    frame_flags = np.zeros(history.shape[:2], dtype=bool)
+    for k in range(slots):
+        quality[k], frame_flags[k] = label_quality(probs=softmax(history[k]), labels=labels)
+    columns, flags = detect(
+        logits=history, labels=labels, steps=np.arange(slots), frame_quality=quality, frame_flags=frame_flags,
+        outlier_score=np.zeros(len(labels)), embedding=None, probe_trained_on=True,
+        learnt_fraction=learnt_fraction, min_flagged=min_flagged,
+    )
+    columns["outlier_score"] = np.full(len(labels), np.nan)  # no embedding of the training set
+    columns["outlier_rank"] = np.full(len(labels), -1, dtype=np.int64)
+    del flags["outlier_score"]  # no score, no row in train_detectors.parquet
+    slot = columns["issue_step"]
+    found = slot >= 0
+    issue_step = np.full(len(labels), -1, dtype=np.int64)
+    issue_step[found] = np.asarray(slot_steps)[slot[found], np.flatnonzero(found)]
+    columns["issue_step"] = issue_step
+    start = learnt_from(logits=history, labels=labels, fraction=learnt_fraction)
+    columns["suggested_label"] = suggested_labels(logits=history, labels=labels, flags=columns["is_label_issue"],
+                                                  start=start)
+    return columns, flags, quality, frame_flags
+
+
+def detect_training_run(run, section: DetectConfig) -> dict:
+    """``train_suspicion.parquet`` (and ``train_detectors.parquet`` under injected noise) from
+    the run's training dynamics; returns what the detect stage records. Call only when
+    :func:`ftviz.dynamics.has_dynamics`."""
+    import pandas as pd
+
+    from ftviz.dynamics import histories, load_dynamics, read_train_samples
+    from ftviz.rundir import write_parquet
+
+    samples = read_train_samples(run)
+    sample_ids = samples["id"].to_numpy(np.int64)
+    ids, steps, logits = load_dynamics(run)
+    position = np.searchsorted(sample_ids, ids)
+    known = (position < len(sample_ids)) & (sample_ids[np.minimum(position, len(sample_ids) - 1)] == ids)
+    if not known.all():
+        raise FtvizError(f"{run.path}: the training dynamics name sample id {int(ids[~known][0])}, which "
+                         "train_samples.parquet lacks; rerun training")
+    history, slot_steps, times_seen = histories(position, steps, logits, len(sample_ids))
+    if not np.isfinite(history).all():
+        raise FtvizError(f"{run.path}: the training dynamics hold NaN or infinite logits (training diverged); "
+                         "rerun training with a lower train.lr")
+    seen = times_seen > 0
+    labels = samples["given_label"].to_numpy(np.int64)
+    columns, flags, quality, frame_flags = detect_training_set(
+        history=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen],
+        learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged)
+    table = pd.DataFrame({"id": sample_ids})
+    for name, values in columns.items():  # samples never trained on (a run shorter than an epoch): empty
+        full = np.full(len(sample_ids), False if values.dtype == bool else (-1 if values.dtype.kind == "i" else np.nan),
+                       dtype=values.dtype)
+        full[seen] = values
+        table[name] = full
+    table["times_seen"] = times_seen
+    table["issue_step"] = table["issue_step"].where(table["issue_step"] >= 0).astype("Int64")
+    table["outlier_rank"] = table["outlier_rank"].where(table["outlier_rank"] >= 0).astype("Int64")
+    write_parquet(run.file("train_suspicion.parquet"), table)
+    record = {"train_flagged": int(columns["is_label_issue"].sum()), "train_samples": int(seen.sum())}
+    noisy = samples["is_noisy"].to_numpy(bool)[seen] if "is_noisy" in samples else np.zeros(int(seen.sum()), bool)
+    if noisy.any():
+        detectors = detector_table(columns=columns, flags=flags, is_noisy=noisy, steps=np.arange(len(history)),
+                                   frame_quality=quality, frame_flags=frame_flags)
+        write_parquet(run.file("train_detectors.parquet"), detectors)
+        row = detectors[detectors["detector"] == "suspicion"].iloc[0]
+        record.update(train_auroc=round(float(row["auroc"]), 4), train_f1=round(float(row["f1"]), 4))
+    elif run.file("train_detectors.parquet").exists():
+        run.file("train_detectors.parquet").unlink()
+    return record
+
+
 # ---- the stage ------------------------------------------------------------------------------
 def load_logits(run, steps) -> np.ndarray:
     """The logits of every snapshot, (T, N, C) float32, without reading the embeddings."""
@@ -575,6 +694,13 @@ def detect_run(run, section: DetectConfig, *, progress: bool = True) -> None:
             record["f1"] = round(float(suspicion_row["f1"]), 4)
         elif run.file("detectors.parquet").exists():
             run.file("detectors.parquet").unlink()  # a stale table from other labels must not survive
+        from ftviz.dynamics import has_dynamics
+
+        if has_dynamics(run):  # the whole training set, from the logits training computed
+            record.update(detect_training_run(run, section))
+        else:
+            for stale in ("train_suspicion.parquet", "train_detectors.parquet"):
+                run.file(stale).unlink(missing_ok=True)
 
 
 def _suspicion_table(run, section: DetectConfig, samples, steps, logits, quality, frame_flags, outlier,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ftviz.rundir import RunDir
-from ftviz.stages import continue_run, run_stage  # noqa: F401  (run_stage: the name callers import)
+from ftviz.stages import continue_run
 
 
 def run_experiment(config, *, force: bool = False, progress: bool = True, log=print) -> RunDir:

@@ -233,6 +233,29 @@ class Recorder:
                     for key, value in metrics.items()})
         self.rows.append(row)
 
+    # ---- training dynamics (ftviz/dynamics.py) ------------------------------------------
+    @property
+    def dynamics(self):
+        """The buffer of training-batch logits (:class:`ftviz.dynamics.DynamicsLog`), made on first use."""
+        if getattr(self, "_dynamics", None) is None:
+            from ftviz.dynamics import DynamicsLog
+
+            self._dynamics = DynamicsLog(self.run)
+        return self._dynamics
+
+    def record_batch(self, step: int, ids, logits, *, order=None) -> None:
+        """Keep one training batch's logits (B, C) for sample ids (B,), computed after ``step``
+        updates; written by :meth:`flush_dynamics`. Every rank records its own rows."""
+        self.dynamics.record(step, ids, logits, order=order)
+
+    def flush_dynamics(self, step: int, *, gather: bool = True) -> None:
+        """Write the recorded rows up to ``step`` (every rank calls it when ``gather``; rank 0 writes)."""
+        self.dynamics.flush(step, gather=gather)
+
+    def restore_dynamics(self, step: int) -> None:
+        """Resume from ``step``: rows recorded past it are removed (they are trained again)."""
+        self.dynamics.restore(step)
+
     def set_logged(self, rows: list[dict]) -> None:
         """Replace every non-probe row (the loss curve) with ``rows``; the probe rows stay."""
         self.rows = [dict(r) for r in rows] + [r for r in self.rows if r["split"] == self.probe_split]

@@ -17,6 +17,14 @@ Layout (``FORMAT_VERSION`` 1)::
       animation.html        self-contained page
       weights/latest.pt     training state for resume (while training); weights/final.pt at the end
       generated/step-XXXXXXX.png   diffusion runs only: DDIM samples at each snapshot
+      train_samples.parquet the training set: id, given_label, true_label, is_noisy, class_name,
+                            true_class_name (runs that record training dynamics)
+      dynamics/step-XXXXXXX.npz    training dynamics: the rows recorded up to step XXXXXXX,
+                            ids (M,) int64, step (M,) int64 (updates before that forward pass),
+                            logits (M, C) float16, in training order (ftviz/dynamics.py)
+      train_suspicion.parquet      the detectors on the training set, from the dynamics:
+                            suspicion.parquet's columns plus suggested_label, times_seen
+      train_detectors.parquet      as detectors.parquet, for the training set (step = pass index)
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a file
 that exists is complete. ``run.json`` marks a stage done only after its files are written.
@@ -82,13 +90,15 @@ class Stage:
 
 # The pipeline, in order. A new stage is its module plus a row here.
 STAGES: tuple[Stage, ...] = (
-    Stage("train", (), ("snapshots/", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/"),
+    Stage("train", (), ("snapshots/", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/",
+                        "dynamics/", "train_samples.parquet"),
           "train", "ftviz run EXPERIMENT.toml (or ftviz embed --checkpoints DIR)", None,
           "train with snapshots of the probe set"),
     Stage("score", ("snapshots/", "samples.parquet"), ("scores.parquet",),
           "score", "ftviz score {run}", "ftviz.quality:score_run",
           "Cleanlab outlier and label-issue scores for every snapshot"),
-    Stage("detect", ("snapshots/", "samples.parquet", "scores.parquet"), ("suspicion.parquet", "detectors.parquet"),
+    Stage("detect", ("snapshots/", "samples.parquet", "scores.parquet", "dynamics/?", "train_samples.parquet?"),
+          ("suspicion.parquet", "detectors.parquet", "train_suspicion.parquet", "train_detectors.parquet"),
           "detect", "ftviz detect {run}", "ftviz.detectors:detect_run",
           "label issues from the whole snapshot history (suspicion.parquet; detectors.parquet under injected noise)"),
     Stage("project", ("snapshots/",), ("frames.npy", "projection.parquet"),

@@ -7,6 +7,10 @@ the probe at every snapshot. Weights are written only for resume (``weights/late
 model + optimizer, while training runs) and, at the end, as ``weights/final.pt`` (the model
 alone); every snapshot's with save_weights="all".
 
+Training dynamics (``train.dynamics``, classifiers only): each batch's logits, from the forward
+pass that computes the loss, are kept per training sample id and written to ``dynamics/`` at
+epoch ends, resume saves and the end (:mod:`ftviz.dynamics`).
+
 The resume state holds tensors, numbers, strings and plain containers only, and is read back
 with ``torch.load(weights_only=True)``: a run folder someone shares can hold no code that runs
 on resume.
@@ -99,14 +103,32 @@ def load_resume_state(path: Path, device) -> dict:
 
 
 class _TrainingLoss(nn.Module):
-    """``model.training_loss`` as a forward, so DistributedDataParallel can wrap it."""
+    """``model.training_loss`` as a forward, so DistributedDataParallel can wrap it.
 
-    def __init__(self, model):
+    ``with_logits``: the forward returns (loss, logits (B, C) detached), the loss computed
+    from those logits as :meth:`ProbeModel.training_loss` does; the training dynamics are
+    these logits, at no extra forward pass.
+    """
+
+    def __init__(self, model, *, with_logits: bool = False):
         super().__init__()
         self.model = model
+        self.with_logits = with_logits
 
     def forward(self, pixels, labels):
-        return self.model.training_loss(pixels, labels)
+        if not self.with_logits:
+            return self.model.training_loss(pixels, labels)
+        _, logits = self.model.embed(pixels)
+        return nn.functional.cross_entropy(logits.float(), labels), logits.detach()
+
+
+def records_dynamics(model) -> bool:
+    """Whether ``model`` trains on class logits (its loss is ProbeModel's cross-entropy), so
+    its training forward passes give per-sample logits; diffusion models train on a denoising
+    loss and have none."""
+    from ftviz.models.base import ProbeModel
+
+    return getattr(type(model), "training_loss", None) is ProbeModel.training_loss
 
 
 def train(run: RunDir, config, splits, model, *, progress: bool = True) -> None:
@@ -155,6 +177,9 @@ class _Loop:
         model.to(device)
         self.train_images = torch.from_numpy(splits.train.images).to(device)
         self.train_labels = torch.from_numpy(splits.train.labels).to(device)
+        self.splits = splits
+        self.record_dynamics = bool(cfg.dynamics) and records_dynamics(model)
+        self.train_ids = torch.from_numpy(splits.train_sample_ids).to(device)
         self.recorder = Recorder(run, probe_images=splits.probe.images, probe_labels=splits.probe.labels,
                                  class_names=splits.class_names, probe_true_labels=splits.probe_true_labels,
                                  config=config, probe_split="eval", batch_size=cfg.eval_batch_size,
@@ -165,7 +190,7 @@ class _Loop:
                                            fused=device.type == "cuda")
         # Gradients are averaged over the ranks, so each rank's mean loss over its block gives
         # the gradient of the global batch's mean loss (blocks are equal: batch_size % world == 0).
-        self.loss_module = _TrainingLoss(model)
+        self.loss_module = _TrainingLoss(model, with_logits=self.record_dynamics)
         if self.world > 1:
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[device.index] if device.type == "cuda" else None
@@ -180,6 +205,8 @@ class _Loop:
         if not self.resume_path.is_file():
             # A fresh start: any snapshot listed from a run killed before its first resume state is redone.
             self.recorder.restore(-1, rows=[])
+            self.recorder.restore_dynamics(-1)
+            self.write_train_samples()
             return
         state = load_resume_state(self.resume_path, self.device)
         if state["total_steps"] != self.plan.total_steps:
@@ -194,6 +221,22 @@ class _Loop:
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.recorder.restore(self.step, rows=[row for row in state["metrics"] if row["step"] <= self.step])
+        # Rows past the saved step are trained again; rows before it were written before the save.
+        self.recorder.restore_dynamics(self.step)
+        self.write_train_samples()
+
+    def write_train_samples(self) -> None:
+        """``train_samples.parquet`` and the split's fingerprint in run.json (rank 0), when
+        dynamics are recorded."""
+        if not self.record_dynamics or self.rank != 0:
+            return
+        from ftviz.dynamics import write_train_samples
+
+        splits = self.splits
+        write_train_samples(self.run, ids=splits.train_sample_ids, given_labels=splits.train.labels,
+                            true_labels=splits.train_true_labels, class_names=splits.class_names)
+        self.run.update_manifest(train_split={"fingerprint": splits.train_fingerprint,
+                                              "size": len(splits.train), "fixes": splits.fixes_applied})
 
     # ---- the loop --------------------------------------------------------------------------
     def train_to_the_end(self, bar) -> None:
@@ -212,6 +255,9 @@ class _Loop:
             bar.set_postfix(loss=f"{train_loss:.3f}")
             if self.step in self.plan.snapshots:
                 self.snapshot(self.step)
+            if self.record_dynamics and self.step % self.plan.steps_per_epoch == 0:
+                # Once per epoch (a file write costs ~40 ms), at the same step on every rank: the flush gathers.
+                self.recorder.flush_dynamics(self.step)
             self.save_between_steps()
             self.consistent = True
 
@@ -234,6 +280,11 @@ class _Loop:
                 with torch.autocast(self.device.type, dtype=self.train_dtype or torch.float32,
                                     enabled=self.train_dtype is not None):
                     loss = self.loss_module(pixels, self.train_labels[index])
+                if self.record_dynamics:
+                    loss, logits = loss
+                    # Position in the global batch: rows of several ranks are written in one order.
+                    order = micro * cfg.batch_size + self.shard.start + torch.arange(len(index), device=index.device)
+                    self.recorder.record_batch(self.step, self.train_ids[index], logits, order=order)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -281,6 +332,11 @@ class _Loop:
         """``weights/latest.pt``: model, optimizer, step, RNG and metrics rows, as plain data."""
         if self.cfg.save_weights == "none" or self.rank != 0:
             return
+        if self.record_dynamics and self.world == 1:
+            # The rows up to this step go to disk before the state that resumes after them. (Under
+            # several processes the rows are written at epoch ends, where every rank
+            # flushes; a state saved in between resumes with a gap in the rows since the last one.)
+            self.recorder.flush_dynamics(self.step, gather=False)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -299,13 +355,15 @@ class _Loop:
         """Write the metrics and the final weights, drop the resume state; returns the train
         stage's record (snapshot count, last true accuracy)."""
         self.recorder.write_metrics()
+        if self.record_dynamics:
+            self.recorder.flush_dynamics(self.step)
         if self.cfg.save_weights != "none" and self.rank == 0:
             # Done: the optimizer state (2/3 of a resume file) has no use any more; keep the model.
             with atomic_path(self.run.weights_dir / "final.pt") as tmp:
                 torch.save({"model": self.model.state_dict(), "step": self.step, "config": self.config.to_dict()}, tmp)
             self.resume_path.unlink(missing_ok=True)
         evals = [row for row in self.recorder.rows if row["split"] == "eval"]
-        return {"snapshots": len(self.recorder.snapshot_steps),
+        return {"snapshots": len(self.recorder.snapshot_steps), "dynamics": self.record_dynamics,
                 "final_true_accuracy": evals[-1]["true_accuracy"] if evals else None}
 
 

@@ -292,7 +292,7 @@ def _tiny_run_args(out_dir, name: str, *settings: str) -> list[str]:
     values = [f"out_dir={out_dir}", f"name={name}", "data.dataset=synthetic", "data.train_size=200",
               "data.image_size=16", "data.noise_rate=0.1", "model.name=vit_tiny", f"model.options={{{options}}}",
               "train.epochs=2", "train.batch_size=32", "train.lr=3e-3", "train.snapshot_every=2",
-              "train.device=cpu", "score.k=5", *settings]
+              "train.device=cpu", "train.follow=false", "score.k=5", *settings]
     return ["run", "-q", *[part for value in values for part in ("--set", value)]]
 
 

@@ -47,7 +47,7 @@ def embed_config(args):
 
 def cmd_embed(args) -> None:
     from ftviz.ingest import ingest_checkpoints
-    from ftviz.pipeline import continue_run
+    from ftviz.stages import continue_run
 
     config = embed_config(args)
     run = ingest_checkpoints(args.checkpoints, config, processor=args.processor, force=args.force,

@@ -36,7 +36,7 @@ def _option_dest(flags: tuple[str, ...], keywords: dict) -> str:
 
 def cmd_stage(args) -> None:
     """Rerun one stage with the config the run was made with (run.json), ``--set`` applied."""
-    from ftviz.pipeline import run_stage
+    from ftviz.stages import run_stage
     from ftviz.rundir import RunDir, stage_named
 
     run = RunDir(args.run)

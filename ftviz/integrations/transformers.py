@@ -50,6 +50,13 @@ class FtvizCallback(TrainerCallback):
     batch_size, precision : of the probe forward ("auto" | "fp32" | "bf16").
     finish : score, project and render at the end of training (else call ``ftviz score`` etc.).
     overwrite : replace a finished run in ``run_dir`` (otherwise that is an error).
+    dynamics : also record every training sample's logits at each step it is trained on (the
+        training dynamics the detect stage reads, ``dynamics/``). The training batches must carry
+        the sample ids in the column ``id_column`` (add it to the dataset and pass
+        ``remove_unused_columns=False`` to ``TrainingArguments`` so the collator keeps it); the
+        callback takes it out of the batch before the model sees it.
+    train_labels : (M,) int, the training labels by sample id (needed with ``dynamics``);
+        ``train_true_labels`` where known to differ (noise you injected).
     """
 
     def __init__(
@@ -68,6 +75,10 @@ class FtvizCallback(TrainerCallback):
         finish: bool = True,
         overwrite: bool = False,
         progress: bool = False,
+        dynamics: bool = False,
+        id_column: str = "sample_id",
+        train_labels=None,
+        train_true_labels=None,
     ):
         if int(every) < 1:
             raise FtvizError(f"every must be a number of optimizer steps >= 1, got {every!r}")
@@ -86,6 +97,16 @@ class FtvizCallback(TrainerCallback):
         self.progress = progress
         self.recorder = None
         self.probe_model = None
+        self.dynamics = bool(dynamics)
+        self.id_column = id_column
+        if self.dynamics and train_labels is None:
+            raise FtvizError("FtvizCallback(dynamics=True) needs train_labels= (the training labels, indexed by "
+                             f"the {id_column!r} column of the batches)")
+        self.train_labels = None if train_labels is None else [int(v) for v in train_labels]
+        self.train_true_labels = None if train_true_labels is None else [int(v) for v in train_true_labels]
+        self._hooks = []
+        self._pending_ids = None
+        self._state = None
 
     # ---- Trainer events ----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -117,6 +138,8 @@ class FtvizCallback(TrainerCallback):
                                 "mean": list(settings.mean), "std": list(settings.std)}}
         distributed.on_main(self._open_run, model, state, source)
         self.recorder.restore(state.global_step, logged=_log_rows(state.log_history, state.global_step))
+        if self.dynamics:
+            self._start_dynamics(model, state, names)
         if state.global_step == 0 and 0 not in self.recorder.snapshot_steps:
             self._snapshot(state, 0)
 
@@ -124,6 +147,15 @@ class FtvizCallback(TrainerCallback):
         step = state.global_step
         if (step % self.every == 0 or step == state.max_steps) and step not in self.recorder.snapshot_steps:
             self._snapshot(state, step)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.dynamics and self.recorder is not None:
+            self.recorder.flush_dynamics(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        # A checkpoint resumes after the rows up to its step: they must be on disk first.
+        if self.dynamics and self.recorder is not None:
+            self.recorder.flush_dynamics(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.recorder is None or not logs:
@@ -141,9 +173,50 @@ class FtvizCallback(TrainerCallback):
             return
         if state.global_step not in self.recorder.snapshot_steps:  # stopped before max_steps
             self._snapshot(state, state.global_step)
+        if self.dynamics:
+            self.recorder.flush_dynamics(state.global_step)
+            for handle in self._hooks:
+                handle.remove()
+            self._hooks = []
         if not state.is_world_process_zero:
             return
         self.recorder.finish(progress=self.progress, later_stages=self.finish, total_steps=state.global_step)
+
+    # ---- training dynamics ---------------------------------------------------------------
+    def _start_dynamics(self, model, state, names) -> None:
+        """Hooks on the model: the batch's ids out of its inputs, its logits out of its output."""
+        from ftviz.dynamics import write_train_samples
+
+        self._state = state
+        self.recorder.restore_dynamics(state.global_step)
+        if state.is_world_process_zero:
+            given = self.train_labels
+            true = self.train_true_labels if self.train_true_labels is not None else given
+            if len(true) != len(given):
+                raise FtvizError(f"train_true_labels has {len(true)} labels, train_labels {len(given)}; give one per sample")
+            write_train_samples(self.recorder.run, ids=range(len(given)), given_labels=given, true_labels=true,
+                                class_names=names)
+        self._hooks = [model.register_forward_pre_hook(self._take_ids, with_kwargs=True),
+                       model.register_forward_hook(self._keep_logits)]
+
+    def _take_ids(self, module, args, kwargs):
+        if not module.training:
+            return None  # evaluation and the probe's own forward passes are not training
+        if self.id_column not in kwargs:
+            raise FtvizError(
+                f"FtvizCallback(dynamics=True): the training batch has no {self.id_column!r} column; add the "
+                "sample ids to the dataset and pass remove_unused_columns=False to TrainingArguments"
+            )
+        self._pending_ids = kwargs.pop(self.id_column)
+        return args, kwargs
+
+    def _keep_logits(self, module, args, output):
+        if self._pending_ids is None:
+            return
+        ids, self._pending_ids = self._pending_ids, None
+        logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[0]
+        # global_step counts the updates before this forward pass, as a snapshot's step does.
+        self.recorder.record_batch(self._state.global_step, ids, logits)
 
     # ---- helpers -----------------------------------------------------------------------
     def _snapshot(self, state, step: int) -> None:

@@ -22,8 +22,9 @@ Stable Diffusion lives in its checkpoint, so without one the small one is built)
     two-layer CLIP text encoder of width 64, a two-level cross-attention UNet and a CLIP BPE
     tokenizer whose vocabulary is the 256 byte symbols (CLIP's base alphabet) plus one merge
     chain per word of the prompts, so each prompt word is one token (:func:`make_tokenizer`).
-    The text encoder stays at its random initialisation, frozen like Stable Diffusion's: a
-    fixed random map of the prompts, enough for the UNet's cross-attention to tell them apart.
+    The text encoder stays at its random initialisation (token embeddings of std 1, see
+    :func:`_build_tiny`), frozen like Stable Diffusion's: a fixed random map of the prompts,
+    enough for the UNet's cross-attention to tell them apart. Prompts are padded to the longest.
     The VAE is trained by **the first ``vae_steps`` training micro-batches of the run**: the
     loss is then the VAE's (pixel MSE of the reconstruction from a posterior sample, plus
     ``kl_weight`` x the KL divergence to N(0, I)), and the UNet and the probe get no gradient.
@@ -93,7 +94,7 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"  # CLIP's special tokens (EOS also
 
 # The offline small architecture (sd_tiny); model.options of the same names change it.
 TINY_ARCHITECTURE = dict(vae_channels=(32, 64), latent_channels=4, unet_channels=(64, 128), layers_per_block=1,
-                         text_width=64, text_layers=2, max_prompt_tokens=16)
+                         text_width=64, text_layers=2, max_prompt_tokens=None)
 
 
 # ---- prompts and the offline tokenizer ----------------------------------------------------------
@@ -108,14 +109,14 @@ def class_prompts(template: str, class_names) -> list[str]:
     return [template.replace(CLASS_PLACEHOLDER, str(name)) for name in class_names]
 
 
-def make_tokenizer(prompts, *, max_length: int):
+def make_tokenizer(prompts, *, max_length: int | None = None):
     """A ``CLIPTokenizer`` made offline whose vocabulary covers ``prompts`` word by word.
 
     CLIP's tokenizer is byte-level BPE with ``</w>`` ending a word. The vocabulary is the
     special tokens, the 256 byte symbols with and without ``</w>`` (so any text tokenizes),
     and for each word of the prompts the chain of merges that joins its symbols left to right
     (``p h``, ``ph o``, ...), so a prompt word is one token. ``max_length`` is the padded
-    prompt length (``model_max_length``).
+    prompt length (``model_max_length``; default: the longest prompt's).
     """
     from transformers import CLIPTokenizer
 
@@ -135,7 +136,11 @@ def make_tokenizer(prompts, *, max_length: int):
                     merges.append((joined, piece))
                     vocab[joined + piece] = len(vocab)
                 joined += piece
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=int(max_length))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    # Padded to the longest prompt by default: fewer pads, less for cross-attention to ignore.
+    longest = max(len(tokenizer(prompt).input_ids) for prompt in [*prompts, ""])
+    tokenizer.model_max_length = int(max_length or longest)
+    return tokenizer
 
 
 def _byte_symbols() -> list[int]:
@@ -613,7 +618,8 @@ def _build_tiny(*, num_classes: int, image_size: int, settings: dict, architectu
     resolution = int(settings.pop("resolution", None) or image_size)
     names = settings.get("class_names") or [str(c) for c in range(num_classes)]
     template = settings.get("prompt_template", DEFAULT_TEMPLATE)
-    tokenizer = make_tokenizer(class_prompts(template, names), max_length=int(arch["max_prompt_tokens"]))
+    prompts = class_prompts(template, names)
+    tokenizer = make_tokenizer(prompts, max_length=arch["max_prompt_tokens"])
     vae_channels, unet_channels = tuple(arch["vae_channels"]), tuple(arch["unet_channels"])
     width = int(arch["text_width"])
     try:
@@ -626,17 +632,23 @@ def _build_tiny(*, num_classes: int, image_size: int, settings: dict, architectu
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
             num_hidden_layers=int(arch["text_layers"]), num_attention_heads=4,
-            max_position_embeddings=int(arch["max_prompt_tokens"]),
+            max_position_embeddings=tokenizer.model_max_length,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ))
+        # CLIP draws token embeddings with std 0.02, which a trained encoder outgrows; in a frozen
+        # random one the layers then drown the words (the class token's state had cosine 0.95
+        # between two digits' prompts). At nn.Embedding's std 1 each word stays its own (0.10).
+        torch.nn.init.normal_(text_encoder.get_input_embeddings().weight, std=1.0)
         levels = len(unet_channels)
         unet = UNet2DConditionModel(
             sample_size=resolution // 2 ** (len(vae_channels) - 1), in_channels=int(arch["latent_channels"]),
             out_channels=int(arch["latent_channels"]), block_out_channels=unet_channels,
             layers_per_block=int(arch["layers_per_block"]),
-            down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            # Cross-attention at every level (Stable Diffusion leaves its 4th, 8x8 level without):
+            # at two levels, the prompt would otherwise reach half the blocks.
+            down_block_types=("CrossAttnDownBlock2D",) * levels,
+            up_block_types=("CrossAttnUpBlock2D",) * levels,
             cross_attention_dim=width, attention_head_dim=8, norm_num_groups=8,
         )
         scheduler = DDPMScheduler(num_train_timesteps=int(arch["num_train_timesteps"]),

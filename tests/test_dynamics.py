@@ -1,0 +1,267 @@
+"""Training dynamics (ftviz/dynamics.py): recorded by the loop, read by the detect stage, and the
+export -> fix round trip (ftviz quality --export, data.fixes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ftviz.config import ExperimentConfig
+from ftviz.data import load_splits
+from ftviz.dynamics import DynamicsLog, chunk_paths, histories, load_dynamics
+from ftviz.errors import FtvizError
+from ftviz.rundir import RunDir
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the loop records what it trained on ---------------------------------------------------
+def test_loop_records_one_row_per_trained_sample_in_epoch_order(tiny_run):
+    from ftviz.train import StepPlan, _epoch_order
+
+    config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
+    splits = load_splits(config.data, seed=config.seed)
+    plan = StepPlan.of(config.train, len(splits.train))
+    ids, steps, logits = load_dynamics(tiny_run)
+    batch = config.train.batch_size
+    assert len(ids) == plan.total_steps * batch and logits.shape == (len(ids), splits.num_classes)
+    assert logits.dtype == np.float16
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(plan.total_steps), batch))
+    for epoch in range(plan.total_steps // plan.steps_per_epoch):
+        order = _epoch_order(len(splits.train), config.seed, epoch).numpy()[: plan.micro_per_epoch * batch]
+        rows = slice(epoch * plan.micro_per_epoch * batch, (epoch + 1) * plan.micro_per_epoch * batch)
+        np.testing.assert_array_equal(ids[rows], order)
+
+
+def test_recorded_logits_are_those_of_the_weights_at_that_step(tiny_run):
+    """The probe is the whole training set (data.probe = "train"): a batch trained at step s went
+    through the weights of snapshot s, so its rows equal that snapshot's probe logits."""
+    ids, steps, logits = load_dynamics(tiny_run)
+    compared = 0
+    for step in tiny_run.snapshot_steps():
+        rows = steps == step
+        if not rows.any():
+            continue  # the last snapshot: no batch trained after it
+        probe = tiny_run.load_logits(step).astype(np.float32)
+        np.testing.assert_allclose(logits[rows].astype(np.float32), probe[ids[rows]], atol=2e-2, rtol=1e-2)
+        compared += int(rows.sum())
+    assert compared >= 5 * 32
+
+
+def test_train_samples_record_given_and_true_labels(tiny_run):
+    config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
+    splits = load_splits(config.data, seed=config.seed)
+    table = pd.read_parquet(tiny_run.file("train_samples.parquet"))
+    np.testing.assert_array_equal(table["id"], np.arange(200))
+    np.testing.assert_array_equal(table["given_label"], splits.train.labels)
+    np.testing.assert_array_equal(table["true_label"], splits.train_true_labels)
+    assert int(table["is_noisy"].sum()) == 20  # 10% of 200 flipped
+    assert table.loc[0, "class_name"] == splits.class_names[splits.train.labels[0]]
+    assert tiny_run.manifest()["train_split"]["fingerprint"] == splits.train_fingerprint
+
+
+def test_run_without_dynamics_writes_none(tmp_path):
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path, train={"epochs": 1, "dynamics": False, "follow": False},
+                         project={"method": "pca"})
+    run = run_experiment(config, progress=False, log=lambda *_: None)
+    assert not (run.path / "dynamics").exists() and not run.file("train_samples.parquet").exists()
+    assert not run.file("train_suspicion.parquet").exists()
+    assert run.stage_status("render") == "done"
+
+
+# ---- the buffer, files and histories -----------------------------------------------------------
+def test_flush_writes_rows_in_step_then_batch_order_and_resume_drops_later_files(tmp_path):
+    run = RunDir(tmp_path)
+    log = DynamicsLog(run)
+    log.record(0, np.array([5, 3]), np.array([[1.0, 0.0], [0.0, 1.0]]), order=np.array([1, 0]))
+    log.record(1, np.array([2]), np.array([[0.5, 0.25]]))
+    log.flush(2)
+    log.record(2, np.array([3]), np.array([[2.0, 1.0]]))
+    log.flush(3)
+    ids, steps, logits = load_dynamics(run)
+    np.testing.assert_array_equal(ids, [3, 5, 2, 3])
+    np.testing.assert_array_equal(steps, [0, 0, 1, 2])
+    np.testing.assert_array_equal(logits[0], np.float16([0.0, 1.0]))
+    log.restore(2)  # resumed from step 2: the rows of step 2 are trained again
+    assert [p.name for p in chunk_paths(run)] == ["step-0000002.npz"]
+
+
+def test_histories_slot_per_pass_with_forward_fill():
+    ids = np.array([0, 1, 0, 2, 0])
+    steps = np.array([0, 0, 1, 1, 2])
+    logits = np.arange(10, dtype=np.float32).reshape(5, 2)
+    history, slot_steps, seen = histories(ids, steps, logits, 4)
+    assert history.shape == (3, 4, 2)
+    np.testing.assert_array_equal(seen, [3, 1, 1, 0])
+    np.testing.assert_array_equal(history[:, 0, 0], [0, 4, 8])
+    np.testing.assert_array_equal(history[:, 1, 0], [2, 2, 2])  # seen once, kept after
+    np.testing.assert_array_equal(slot_steps[:, 2], [1, 1, 1])
+    np.testing.assert_array_equal(slot_steps[:, 3], [-1, -1, -1])
+
+
+# ---- detectors on the training set ------------------------------------------------------------
+def test_training_set_detectors_find_flips_in_synthetic_dynamics():
+    """Clean samples are fitted early with a growing margin; flipped ones are fitted late."""
+    from ftviz.detectors import detect_training_set
+
+    rng = np.random.default_rng(0)
+    n, classes, epochs = 300, 5, 8
+    true = rng.integers(0, classes, n)
+    given = true.copy()
+    flipped = rng.choice(n, 30, replace=False)
+    given[flipped] = (true[flipped] + 1 + rng.integers(0, classes - 1, 30)) % classes
+    history = rng.normal(0, 0.5, (epochs, n, classes)).astype(np.float32)
+    for k in range(epochs):
+        history[k, np.arange(n), true] += 0.8 * k  # the true class is learnt by generalisation
+        history[k, flipped, given[flipped]] += max(0, k - 4) * 1.0  # fitted late, never above the true class
+    columns, flags, _, _ = detect_training_set(history=history, labels=given,
+                                               slot_steps=np.tile(np.arange(epochs)[:, None] * 10, (1, n)))
+    noisy = np.zeros(n, bool)
+    noisy[flipped] = True
+    from ftviz.numerics import auroc_against_noise
+
+    assert auroc_against_noise(columns["suspicion"], noisy) > 0.99
+    # The count is Cleanlab's own estimate: here it finds most flips and nothing else.
+    assert columns["is_label_issue"][noisy].mean() >= 0.7 and not columns["is_label_issue"][~noisy].any()
+    np.testing.assert_array_equal(columns["suggested_label"][flipped], true[flipped])
+    assert set(columns) >= {"aum", "confidence", "variability", "correctness", "forgetting_events",
+                            "label_quality_last", "label_quality_ensemble", "suspicion", "issue_step"}
+    assert np.isnan(columns["outlier_score"]).all()
+    issue = columns["issue_step"]
+    flagged = columns["is_label_issue"]
+    assert (issue[flagged] >= 0).all() and (issue[flagged] <= 70).all() and (issue[~flagged] == -1).all()
+    assert set(issue[flagged].tolist()) <= set(range(0, 80, 10))  # steps of the samples' own passes
+
+
+def test_detect_stage_writes_training_set_suspicion(tiny_run):
+    table = pd.read_parquet(tiny_run.file("train_suspicion.parquet"))
+    samples = pd.read_parquet(tiny_run.file("train_samples.parquet"))
+    assert len(table) == 200 and (table["times_seen"] == 2).sum() >= 150  # two epochs, ragged batch dropped
+    detectors = pd.read_parquet(tiny_run.file("train_detectors.parquet")).set_index("detector")
+    assert detectors.loc["suspicion", "auroc"] > 0.8  # a 2-epoch one-layer run: weak, but far above chance
+    noisy = samples["is_noisy"].to_numpy(bool)
+    flagged = table["is_label_issue"].to_numpy(bool)
+    assert flagged[noisy].mean() > 2 * max(flagged[~noisy].mean(), 0.05)
+    entry = tiny_run.manifest()["stages"]["detect"]
+    assert entry["train_samples"] == int((table["times_seen"] > 0).sum()) and entry["train_auroc"] == round(detectors.loc["suspicion", "auroc"], 4)
+
+
+# ---- export and fix ------------------------------------------------------------------------------
+def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run, tmp_path):
+    from ftviz.cli_quality import export_fixes
+
+    path = tmp_path / "fixes.csv"
+    rows = export_fixes(tiny_run, path)
+    table = pd.read_csv(path)
+    assert rows == len(table) == 400 and set(table["split"]) == {"probe", "train"}
+    assert list(table.columns[:6]) == ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue"]
+    flagged = table[(table["split"] == "train") & table["is_label_issue"]]
+    assert len(flagged) > 0
+
+    config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
+    base = load_splits(config.data, seed=config.seed)
+    config.data.fixes = str(path)
+    relabelled = load_splits(config.data, seed=config.seed)
+    expected = base.train.labels.copy()
+    expected[flagged["id"].to_numpy()] = flagged["suggested_label"].to_numpy()
+    np.testing.assert_array_equal(relabelled.train.labels, expected)
+    assert relabelled.fixes_applied["relabelled"] == int((base.train.labels[flagged["id"]] != flagged["suggested_label"]).sum())
+
+    config.data.fix = "drop"
+    dropped = load_splits(config.data, seed=config.seed)
+    assert len(dropped.train) == 200 - len(flagged)
+    assert not set(flagged["id"]) & set(dropped.train_sample_ids.tolist())
+    np.testing.assert_array_equal(dropped.train.labels, base.train.labels[dropped.train_sample_ids])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.assign(id=t["id"] + 1000), "names training id 10"),
+    (lambda t: t.assign(suggested_label=99), "suggests label 99, outside 0..9"),
+    (lambda t: t.assign(dataset="0123456789abcdef"), "exported for another training split"),
+    (lambda t: t.drop(columns=["suggested_label"]), "lacks the columns suggested_label"),
+])
+def test_bad_fix_files_are_one_line_before_training(tiny_run, tmp_path, change, message):
+    from ftviz.cli_quality import export_table
+
+    table = export_table(tiny_run)
+    table = change(table[table["split"] == "train"].assign(is_label_issue=True))
+    path = tmp_path / "bad.csv"
+    table.to_csv(path, index=False)
+    config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
+    config.data.fixes = str(path)
+    with pytest.raises(FtvizError, match=message) as error:
+        load_splits(config.data, seed=config.seed)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_fix_file_on_the_command_line_exits_2_before_any_run(tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"split": ["train"], "id": [5000], "given_label": [0], "suggested_label": [1],
+                  "suspicion": [0.9], "is_label_issue": [True]}).to_csv(path, index=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ftviz.cli", "run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=fixed",
+         "--set", "data.dataset=synthetic", "--set", "data.train_size=100", "--set", f"data.fixes={path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "names training id 5000" in result.stderr
+    assert not (tmp_path / "fixed").exists()
+
+
+# ---- FtvizCallback ------------------------------------------------------------------------------
+def _callback_training(tmp_path, *, with_ids: bool, steps: int = 4):
+    import copy
+
+    import torch
+    from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
+
+    from ftviz.data import load_digits_images
+    from ftviz.integrations import FtvizCallback
+
+    data = load_digits_images(32)
+    names = data.class_names
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=64, num_labels=10))
+    initial = copy.deepcopy(model).eval()
+    train = np.arange(60, 140)
+    pixels = torch.from_numpy(data.images[train]).permute(0, 3, 1, 2).float().div(255.0).sub(0.5).div(0.5)
+    rows = [{"pixel_values": pixels[i], "labels": int(data.labels[j]), **({"sample_id": i} if with_ids else {})}
+            for i, j in enumerate(train)]
+    config = ExperimentConfig(name="cb", out_dir=str(tmp_path))
+    config.score.k = 5
+    callback = FtvizCallback(tmp_path / "cb", probe_images=data.images[:60], probe_labels=data.labels[:60],
+                             class_names=names, config=config, precision="fp32", every=2, finish=False,
+                             dynamics=True, train_labels=data.labels[train])
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=steps, per_device_train_batch_size=10,
+                             learning_rate=2e-3, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                             save_strategy="no", remove_unused_columns=False)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+    return RunDir(tmp_path / "cb"), initial, pixels
+
+
+def test_callback_records_the_logits_of_each_trained_batch(tmp_path):
+    import torch
+
+    run, initial, pixels = _callback_training(tmp_path, with_ids=True)
+    ids, steps, logits = load_dynamics(run)
+    np.testing.assert_array_equal(steps, np.repeat(np.arange(4), 10))
+    assert len(np.unique(ids)) == 40 and ids.max() < 80
+    with torch.no_grad():  # step 0: the weights before any update
+        direct = initial(pixel_values=pixels[ids[:10]]).logits.numpy()
+    np.testing.assert_allclose(logits[:10].astype(np.float32), direct, atol=2e-2, rtol=1e-2)
+    samples = pd.read_parquet(run.file("train_samples.parquet"))
+    assert len(samples) == 80 and not samples["is_noisy"].any()
+
+
+def test_callback_without_the_id_column_is_one_line(tmp_path):
+    with pytest.raises(FtvizError, match="no 'sample_id' column") as error:
+        _callback_training(tmp_path, with_ids=False, steps=1)
+    assert "remove_unused_columns=False" in str(error.value) and "\n" not in str(error.value)
