@@ -109,7 +109,7 @@ def clean_learning(config, splits, *, folds: int = 5):
 
 
 def as_markdown(table) -> str:
-    from ftviz.cli_quality import markdown
+    from ftviz.cli.quality import markdown
 
     return markdown([str(c) for c in table.columns], [[str(v) for v in row] for row in table.itertuples(index=False)])
 
@@ -123,7 +123,7 @@ def detection(score, flags, noisy) -> dict:
 def bench(args) -> None:
     import pandas as pd
 
-    from ftviz.cli_quality import export_fixes
+    from ftviz.cli.quality import export_fixes
     from ftviz.data import load_splits
 
     out = Path(tempfile.mkdtemp(prefix="bench-clean-"))

@@ -156,7 +156,7 @@ def test_detect_stage_writes_training_set_suspicion(tiny_run):
 
 # ---- export and fix ------------------------------------------------------------------------------
 def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run, tmp_path):
-    from ftviz.cli_quality import export_fixes
+    from ftviz.cli.quality import export_fixes
 
     path = tmp_path / "fixes.csv"
     rows = export_fixes(tiny_run, path)
@@ -189,7 +189,7 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     (lambda t: t.drop(columns=["suggested_label"]), "lacks the columns suggested_label"),
 ])
 def test_bad_fix_files_are_one_line_before_training(tiny_run, tmp_path, change, message):
-    from ftviz.cli_quality import export_table
+    from ftviz.cli.quality import export_table
 
     table = export_table(tiny_run)
     table = change(table[table["split"] == "train"].assign(is_label_issue=True))

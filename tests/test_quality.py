@@ -157,7 +157,7 @@ def test_quality_prints_names_as_plain_table_cells(tiny_run, tmp_path, capsys):
     import unicodedata
 
     from ftviz.cli import main
-    from ftviz.cli_quality import terminal_text
+    from ftviz.cli.quality import terminal_text
     from ftviz.rundir import RunDir
 
     run = RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))

@@ -37,7 +37,7 @@ COMMANDS: tuple[Family, ...] = (
     Family("ftviz.cli.run"),  # run
     Family("ftviz.cli.stages"),  # score, detect, project, render: one per row of ftviz.rundir.STAGES
     Family("ftviz.cli.embed"),  # embed
-    Family("ftviz.cli_quality"),  # quality
+    Family("ftviz.cli.quality"),
     Family("ftviz.cli.spotlight"),  # spotlight
     Family("ftviz.cli.compare"),  # compare
     Family("ftviz.cli.models"),  # models
