@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from ftviz.errors import FtvizError
+from ftviz.rundir import snapshot_name
 
 DYNAMICS_DIR = "dynamics"
 TRAIN_SAMPLES = "train_samples.parquet"
 
 
 def chunk_name(last_step: int) -> str:
-    return f"step-{int(last_step):07d}.npz"
+    return snapshot_name(last_step)
 
 
 def _chunk_step(path: Path) -> int:

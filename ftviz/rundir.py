@@ -209,8 +209,10 @@ def write_npy(path: Path | str, array: np.ndarray) -> None:
             np.save(handle, array)
 
 
-def snapshot_name(step: int) -> str:
-    return f"step-{step:07d}.npz"
+def snapshot_name(step: int, suffix: str = ".npz") -> str:
+    """The file name of ``step``'s file in a per-step folder: ``step-XXXXXXX<suffix>``
+    (snapshots, analysis frames, dynamics, generated samples, saved weights)."""
+    return f"step-{int(step):07d}{suffix}"
 
 
 class RunDir:

@@ -37,7 +37,7 @@ from ftviz import distributed
 from ftviz.embed import resolve_device, resolve_precision
 from ftviz.errors import FtvizError
 from ftviz.recorder import Recorder
-from ftviz.rundir import RunDir, _test_kill_point, atomic_path
+from ftviz.rundir import RunDir, _test_kill_point, atomic_path, snapshot_name
 
 # Write the resume state at least this often (seconds) besides epoch ends and interrupts:
 # a ViT-B state is ~1 GB, so not at every snapshot. Read at every step (tests set it to 0).
@@ -303,7 +303,7 @@ class _Loop:
         if self.rank != 0:
             return
         if self.cfg.save_weights == "all":
-            self.model.save_pretrained(self.run.weights_dir / f"step-{step:07d}")
+            self.model.save_pretrained(self.run.weights_dir / snapshot_name(step, ""))
         # Families with more to show per snapshot (the diffusion model's generated samples).
         on_snapshot = getattr(self.model, "on_snapshot", None)
         if on_snapshot is not None:

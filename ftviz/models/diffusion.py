@@ -355,15 +355,15 @@ class ClassConditionalDDPM(ProbeModel):
         Returns the PNG's path."""
         from PIL import Image
 
-        from ftviz.rundir import atomic_path
+        from ftviz.rundir import atomic_path, snapshot_name
 
         folder = Path(run.path) / "generated"
         images, labels = self.generate()
-        with atomic_path(folder / f"step-{step:07d}.npz") as tmp:
+        with atomic_path(folder / snapshot_name(step)) as tmp:
             with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
                 np.savez(handle, images=images, labels=labels.astype(np.int64),
                          guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
-        path = folder / f"step-{step:07d}.png"
+        path = folder / snapshot_name(step, ".png")
         with atomic_path(path) as tmp:
             Image.fromarray(self.sample_grid(images)).save(tmp, format="PNG")
         return path

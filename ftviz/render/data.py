@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ftviz.errors import FtvizError
+from ftviz.rundir import snapshot_name
 
 def scores_per_frame(run, *, steps=None, n_points: int | None = None, columns=None, scores=None,
                      complete: bool = False) -> dict[str, np.ndarray]:
@@ -153,7 +154,7 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
     folder = run.path / "generated"
     if folder.is_dir():
         for index, step in enumerate(steps):
-            image = folder / f"step-{int(step):07d}.png"
+            image = folder / snapshot_name(step, ".png")
             if image.is_file():
                 generated[index] = image
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ftviz.errors import FtvizError
+from ftviz.rundir import snapshot_name
 from ftviz.render.data import AnimationData, _epochs_at, _metric_columns, projection_info
 
 ANALYSIS_DIR = "analysis"
@@ -37,7 +38,7 @@ LIVE_ANCHOR = '<script type="application/json" id="ftviz-meta">'
 
 def analysis_file(run, stage: str, step: int) -> Path:
     """``analysis/<stage>/step-XXXXXXX.npz`` of ``run`` (a :class:`ftviz.rundir.RunDir`)."""
-    return run.path / ANALYSIS_DIR / stage / f"step-{int(step):07d}.npz"
+    return run.path / ANALYSIS_DIR / stage / snapshot_name(step)
 
 
 def analysed_steps(run, steps) -> list[int]:
@@ -171,7 +172,7 @@ def _generated(run, steps: np.ndarray) -> dict[int, Path]:
     folder = run.path / "generated"
     found = {}
     for index, step in enumerate(steps):
-        image = folder / f"step-{int(step):07d}.png"
+        image = folder / snapshot_name(step, ".png")
         if image.is_file():
             found[index] = image
     return found
