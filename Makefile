@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN    ?= runs/vit-digits
-RUNS   ?= runs/vit-digits runs/swin-digits runs/ddpm-digits
+RUNS   ?= runs/vit-digits runs/swin-digits runs/ddpm-digits runs/sd-digits
 
 .PHONY: install animate test test-fast spotlight compare bench browser clean
 
@@ -49,6 +49,7 @@ compare: $(STAMP)
 	$(BIN)/ftviz run experiments/default.toml --force
 	$(BIN)/ftviz run experiments/swin_digits.toml --force
 	$(BIN)/ftviz run experiments/ddpm_digits.toml --force
+	$(BIN)/ftviz run experiments/sd_digits.toml --force
 	$(BIN)/ftviz compare $(RUNS) --out runs/compare
 
 bench: $(STAMP)

@@ -43,7 +43,8 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
             run_path(config.out_dir, config.name), config=config, probe=probe, force=force,
             out_dir=config.out_dir, force_hint="pass --force to replace it",
             manifest=lambda: new_run_manifest(config, probe, model, train_size=len(splits.train),
-                                              noise_map=splits.noise_map),
+                                              noise_map=splits.noise_map,
+                                              model_info=getattr(model, "manifest_info", dict)()),
         )
         return resuming
 

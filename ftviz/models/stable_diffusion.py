@@ -19,7 +19,9 @@ Where the parts come from
 ``sd_tiny`` (and ``stable_diffusion`` with ``model.pretrained = "none"``: the architecture of
 Stable Diffusion lives in its checkpoint, so without one the small one is built)
     Built offline from config: a two-level VAE (downsampling x2, 4 latent channels), a
-    two-layer CLIP text encoder of width 64, a two-level cross-attention UNet and a CLIP BPE
+    two-layer CLIP text encoder of width 64, a two-level UNet with cross-attention at both
+    levels, a v-prediction ``DDPMScheduler`` (cosine, no clipping, as Stable Diffusion 2's
+    schedulers do not clip; see :func:`_build_tiny`) and a CLIP BPE
     tokenizer whose vocabulary is the 256 byte symbols (CLIP's base alphabet) plus one merge
     chain per word of the prompts, so each prompt word is one token (:func:`make_tokenizer`).
     The text encoder stays at its random initialisation (token embeddings of std 1, see
@@ -58,8 +60,10 @@ logits (B, C)
     training images at the current weights at a snapshot.
 loss
     :meth:`~StableDiffusion.training_loss` returns the denoising MSE (noise, or velocity for
-    v-prediction checkpoints, at a uniformly random timestep); the probe's cross-entropy adds
-    gradient, no value. During the tiny VAE's phase: the VAE's loss.
+    v-prediction schedulers, at a uniformly random timestep) on the clean latents, the VAE
+    posterior's *mean* (Stable Diffusion's scripts draw a posterior sample; for its VAE the two
+    differ by little, and the mean is also what the embedding reads); the probe's
+    cross-entropy adds gradient, no value. During the tiny VAE's phase: the VAE's loss.
 generated samples
     :meth:`~StableDiffusion.on_snapshot` draws DDIM samples from the prompts
     (``samples_per_class`` of each of the first ten classes, fixed seed, ``sample_steps``
@@ -93,7 +97,7 @@ DEFAULT_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"  # CLIP's special tokens (EOS also pads)
 
 # The offline small architecture (sd_tiny); model.options of the same names change it.
-TINY_ARCHITECTURE = dict(vae_channels=(32, 64), latent_channels=4, unet_channels=(64, 128), layers_per_block=1,
+TINY_ARCHITECTURE = dict(vae_channels=(32, 64), latent_channels=4, unet_channels=(32, 64), layers_per_block=1,
                          text_width=64, text_layers=2, max_prompt_tokens=None)
 
 
@@ -145,7 +149,7 @@ def make_tokenizer(prompts, *, max_length: int | None = None):
 
 def _byte_symbols() -> list[int]:
     """The 256 code points byte-level BPE maps bytes to (GPT-2's table, which CLIP uses)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = [256 + n for n in range(256 - len(printable))]
     return printable + extra
 
@@ -294,11 +298,9 @@ class StableDiffusion(ProbeModel):
         """Whether the run is still in the (tiny) VAE's own training phase."""
         return int(self.vae_steps_done) < self.vae_steps
 
-    def encode(self, pixel_values: torch.Tensor, *, sample: bool = False) -> torch.Tensor:
-        """Scaled latents (B, 4, S/f, S/f) of images in [-1, 1]: the posterior's mean, or a sample."""
-        posterior = self.vae.encode(pixel_values).latent_dist
-        latents = posterior.sample() if sample else posterior.mean
-        return latents * self.latent_scale
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Scaled clean latents (B, 4, S/f, S/f) of images in [-1, 1]: the posterior's mean."""
+        return self.vae.encode(pixel_values).latent_dist.mean * self.latent_scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] from scaled latents."""
@@ -312,6 +314,10 @@ class StableDiffusion(ProbeModel):
         """
         with torch.no_grad():
             latents = self.encode(pixel_values)
+        return self._mid_block_features(latents)
+
+    def _mid_block_features(self, latents: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` of scaled clean latents (B, 4, s, s)."""
         batch = len(latents)
         timesteps = torch.full((batch,), self.embed_timestep, dtype=torch.long, device=latents.device)
         empty = self.prompt_states()[-1:].expand(batch, -1, -1)
@@ -363,7 +369,7 @@ class StableDiffusion(ProbeModel):
             self.vae.requires_grad_(False)
         batch, device = len(pixel_values), pixel_values.device
         with torch.no_grad():
-            latents = self.encode(pixel_values, sample=True)
+            latents = self.encode(pixel_values)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), device=device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -378,7 +384,7 @@ class StableDiffusion(ProbeModel):
         if self.probe_head is None:
             return denoising
         with torch.no_grad():  # the probe reads the diffusion model, never trains it
-            features = self.features(pixel_values)
+            features = self._mid_block_features(latents)  # the clean latents the UNet was given
             self._remember(pixel_values)
         probe_logits = self.probe_head(features, *_statistics(features))
         probe_loss = F.cross_entropy(probe_logits.float(), labels)
@@ -394,10 +400,10 @@ class StableDiffusion(ProbeModel):
         return F.mse_loss(reconstruction.float(), pixel_values.float()) + self.kl_weight * kl
 
     def _end_vae_phase(self, pixel_values: torch.Tensor) -> None:
-        """Set the latent scale to 1 / std of this batch's latents, once (``vae_steps_done`` moves
+        """Set the latent scale to 1 / std of this batch's latent means, once (``vae_steps_done`` moves
         past ``vae_steps``, so a resumed run keeps the scale it set)."""
         with torch.no_grad():
-            latents = self.vae.encode(pixel_values).latent_dist.sample()
+            latents = self.vae.encode(pixel_values).latent_dist.mean
             self.latent_scale.fill_(1.0 / latents.float().std().clamp_min(1e-6).item())
         self.vae_steps_done += 1
 
@@ -461,15 +467,15 @@ class StableDiffusion(ProbeModel):
         ``sample_steps``) and the grid ``.png`` as the DDPM does, atomically; returns the PNG's path."""
         from PIL import Image
 
-        from ftviz.rundir import atomic_path
+        from ftviz.rundir import atomic_path, snapshot_name
 
         folder = Path(run.path) / "generated"
         images, labels = self.generate()
-        with atomic_path(folder / f"step-{step:07d}.npz") as tmp:
+        with atomic_path(folder / snapshot_name(step)) as tmp:
             with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
                 np.savez(handle, images=images, labels=labels.astype(np.int64),
                          guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
-        path = folder / f"step-{step:07d}.png"
+        path = folder / snapshot_name(step, ".png")
         with atomic_path(path) as tmp:
             Image.fromarray(sample_grid(images, min(self.num_classes, GRID_MAX_CLASSES))).save(tmp, format="PNG")
         return path
@@ -603,7 +609,8 @@ def _load_pretrained(source: str, *, num_classes: int, settings: dict) -> Stable
             state = torch.load(head, map_location="cpu", weights_only=True)
             model.probe_head.load_state_dict(state["state"])
         except Exception as error:  # damage, or a head of another size
-            raise FtvizError(f"{head} cannot be used ({type(error).__name__}); delete it to train a new probe head") from None
+            raise FtvizError(f"{head} cannot be used ({type(error).__name__}); delete it to train a new "
+                             "probe head") from None
         model._saved_statistics = (state["mean"], state["std"])
     return model
 
@@ -624,7 +631,8 @@ def _build_tiny(*, num_classes: int, image_size: int, settings: dict, architectu
     width = int(arch["text_width"])
     try:
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, block_out_channels=vae_channels, layers_per_block=int(arch["layers_per_block"]),
+            in_channels=3, out_channels=3, block_out_channels=vae_channels,
+            layers_per_block=int(arch["layers_per_block"]),
             down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
             up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
             latent_channels=int(arch["latent_channels"]), norm_num_groups=8, sample_size=resolution, scaling_factor=1.0,
@@ -651,8 +659,13 @@ def _build_tiny(*, num_classes: int, image_size: int, settings: dict, architectu
             up_block_types=("CrossAttnUpBlock2D",) * levels,
             cross_attention_dim=width, attention_head_dim=8, norm_num_groups=8,
         )
+        # As Stable Diffusion 2: v-prediction, and no clipping of the predicted latents (they are
+        # not in [-1, 1]). With epsilon-prediction the cosine schedule's last timestep (signal
+        # ~0) gives an exploding first estimate that only clipping to [-1, 1] tames, and that
+        # clipping deforms the latents: sample accuracy fell with more DDIM steps.
         scheduler = DDPMScheduler(num_train_timesteps=int(arch["num_train_timesteps"]),
-                                  beta_schedule=arch["beta_schedule"])
+                                  beta_schedule=arch["beta_schedule"], prediction_type="v_prediction",
+                                  clip_sample=False)
     except (TypeError, ValueError, NotImplementedError) as error:
         raise FtvizError(f"bad Stable Diffusion option: {str(error).splitlines()[0]}") from None
     return StableDiffusion(vae, unet, text_encoder, tokenizer, scheduler, num_classes=num_classes,
@@ -685,8 +698,8 @@ def stable_diffusion(*, num_classes: int = 10, image_size: int = 32, pretrained:
 @register_model
 def sd_tiny(*, num_classes: int = 10, image_size: int = 32, pretrained: str = "", **options) -> StableDiffusion:
     """The small offline Stable Diffusion: VAE of two levels (32, 64 channels, x2 down, 4 latent
-    channels), CLIP text encoder of 2 layers x 64, cross-attention UNet of two levels (64, 128;
-    D = 128), cosine schedule of 1000 steps; the VAE trains for the first ``vae_steps`` (150)
+    channels), CLIP text encoder of 2 layers x 64, cross-attention UNet of two levels (32, 64;
+    D = 64), cosine schedule of 1000 steps with v-prediction; the VAE trains for the first ``vae_steps`` (150)
     micro-batches. With ``model.pretrained`` a folder or hub id it loads like :func:`stable_diffusion`."""
     source = None if pretrained in ("", "none") else pretrained
     return _create_stable_diffusion(num_classes=num_classes, image_size=image_size, source=source, **options)
