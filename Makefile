@@ -37,7 +37,7 @@ animate: $(STAMP)
 	$(BIN)/ftviz run experiments/default.toml --force
 
 test: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

@@ -210,6 +210,7 @@ class TrainConfig(Section):
         "save_weights": Options("latest", "none", "all"),
         "max_steps": Interval(int, 0),
         "dynamics": Satisfies(lambda value: isinstance(value, bool), "true or false"),
+        "follow": Satisfies(lambda value: isinstance(value, bool), "true or false"),
     }
     rules: ClassVar[tuple] = (
         (lambda s: s.epochs > 0 or s.max_steps > 0, "train.epochs must be > 0 (or set train.max_steps)"),

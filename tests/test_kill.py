@@ -36,6 +36,9 @@ TINY = [
              "intermediate_size=64, patch_size=4}",
     "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "train.lr=3e-3",
     "--set", "train.snapshot_every=2", "--set", "train.device=cpu", "--set", "score.k=5",
+    # the stages after training, in the stopped process: stops inside the follower, and of
+    # training while it follows, are tests/test_follow.py's
+    "--set", "train.follow=false",
 ]
 STEPS = [0, 2, 4, 6, 8, 10, 12]  # 200 // 32 = 6 steps per epoch, 2 epochs
 
@@ -66,7 +69,9 @@ def stopped(result, signal_name: str) -> None:
 
 # Outputs only some runs have: generated samples (diffusion runs), the detectors' scores
 # against injected noise (runs with noise).
-CONDITIONAL_OUTPUTS = {"generated/", "detectors.parquet"}
+# Written only by some routes or runs: diffusion samples, noise tables, and the training
+# dynamics / training-set labels (ftviz's loop and the callback record them; ftviz embed cannot).
+CONDITIONAL_OUTPUTS = {"generated/", "detectors.parquet", "dynamics/", "train_samples.parquet"}
 
 
 def check_consistent(run: RunDir) -> dict[str, str]:
@@ -231,7 +236,8 @@ def trainer_output(tmp_path_factory) -> dict:
 def embed_args(trainer_output: dict, runs: Path) -> list[str]:
     return ["embed", "--checkpoints", str(trainer_output["out"]), "--dataset", "cifar10",
             "--data-path", str(trainer_output["cifar"]), "--name", "kill", "--out-dir", str(runs),
-            "--device", "cpu", "--set", "train.embed_precision=fp32", "--set", "score.k=5", "-q"]
+            "--device", "cpu", "--set", "train.embed_precision=fp32", "--set", "score.k=5",
+            "--set", "train.follow=false", "-q"]
 
 
 EMBED_STOPS = [
