@@ -103,7 +103,136 @@ def _statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-class ClassConditionalDDPM(ProbeModel):
+def mid_block_output(unet, sample: torch.Tensor, timestep: int, **conditioning) -> torch.Tensor:
+    """The UNet's mid-block output for ``sample`` at ``timestep``, mean-pooled over space: (B, D).
+
+    Only the down path and the mid block run: a forward hook on the mid block takes its
+    output and stops the pass, since the up path (most of the cost) cannot change it.
+    ``conditioning`` goes to the UNet as is (``class_labels=`` or ``encoder_hidden_states=``).
+    """
+    timesteps = torch.full((len(sample),), timestep, dtype=torch.long, device=sample.device)
+
+    def stop_at_mid_block(module, inputs, output):
+        raise _MidBlockReached(output)
+
+    handle = unet.mid_block.register_forward_hook(stop_at_mid_block)
+    try:
+        unet(sample, timesteps, **conditioning)
+    except _MidBlockReached as reached:
+        mid = reached.output  # (B, D, h, w)
+    else:  # pragma: no cover - the hook always fires
+        raise RuntimeError("the UNet's mid block did not run")
+    finally:
+        handle.remove()
+    return mid.float().mean(dim=(2, 3))
+
+
+def sample_grid(tiles: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 (H, W, 3) grid of uint8 tiles (B, S, S, 3), row-major, ``columns`` wide, white gaps;
+    tiles under MIN_TILE_PX are enlarged by whole factors."""
+    factor = max(1, -(-MIN_TILE_PX // tiles.shape[1]))
+    tiles = tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+    side, gap = tiles.shape[1], 2
+    rows = -(-len(tiles) // columns)
+    grid = np.full((rows * (side + gap) + gap, columns * (side + gap) + gap, 3), 255, dtype=np.uint8)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        top, left = gap + row * (side + gap), gap + column * (side + gap)
+        grid[top : top + side, left : left + side] = tile
+    return grid
+
+
+class ProbedDiffusion(ProbeModel):
+    """What the diffusion families share: the linear probe's logits and statistics, and the
+    generated samples of a snapshot.
+
+    A subclass sets ``probe_head`` (a :class:`LinearProbe` or None), ``probe_reference``,
+    ``num_classes``, ``samples_per_class``, ``guidance_scale``, ``sample_steps``, a
+    ``pixel_mean`` buffer, ``_reference_images`` / ``_reference_statistics`` /
+    ``_saved_statistics`` (None at first), and defines ``features(pixel_values)`` (B, D) and
+    ``sample(class_labels)`` (B, 3, S, S) in [-1, 1].
+    """
+
+    family = "diffusion model"  # how error messages name it
+
+    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding (B, D), probe logits (B, C)) in one pass; needs the probe head."""
+        if self.probe_head is None:
+            raise FtvizError(
+                f"this {self.family} was built with probe_head = false, so it has no classifier "
+                "to give logits (needed for snapshots and label scores); set "
+                "model.options.probe_head = true, or call .features() for embeddings alone"
+            )
+        features = self.features(pixel_values)
+        mean, std = self.probe_statistics() if not self.training else _statistics(features)
+        return features, self.probe_head(features, mean, std)
+
+    def probe_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (1, D) that standardise the probe's input outside training.
+
+        Computed from the features of the last ``probe_reference`` training images at the
+        current weights, once per training step. Without training images (before the first
+        step, or a model loaded from disk) the statistics saved with the model, else none
+        (mean 0, std 1).
+        """
+        if self._reference_images is None:
+            if self._saved_statistics is not None:
+                return tuple(t.to(self.pixel_mean.device) for t in self._saved_statistics)
+            zeros = torch.zeros(1, self.embedding_dim, device=self.pixel_mean.device)
+            return zeros, torch.ones_like(zeros)
+        if self._reference_statistics is None:
+            with torch.no_grad():
+                self._reference_statistics = _statistics(self.features(self._reference_images))
+        return self._reference_statistics
+
+    def _remember(self, pixel_values: torch.Tensor) -> None:
+        """Keep the latest training images for :meth:`probe_statistics`; the weights are
+        about to change, so the cached statistics are dropped."""
+        images = pixel_values.detach()
+        if self._reference_images is not None:
+            images = torch.cat([images, self._reference_images])
+        self._reference_images = images[: self.probe_reference]
+        self._reference_statistics = None
+
+    def generate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot's samples: uint8 images (B, S, S, 3) at the UNet's resolution and the
+        classes they were conditioned on (B,), ``samples_per_class`` of each of the first ten
+        classes, row-major (sample i has class i % 10), guided and seeded as configured."""
+        columns = min(self.num_classes, GRID_MAX_CLASSES)
+        labels = torch.arange(columns).repeat(self.samples_per_class)  # row-major: row r, class c
+        images = self.sample(labels)
+        tiles = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return tiles.permute(0, 2, 3, 1).numpy(), labels.numpy()
+
+    def sample_grid(self, tiles: np.ndarray | None = None) -> np.ndarray:
+        """A uint8 (H, W, 3) grid of :meth:`generate`'s tiles: ``samples_per_class`` rows, one
+        column per class (first ten)."""
+        if tiles is None:
+            tiles, _ = self.generate()
+        return sample_grid(tiles, min(self.num_classes, GRID_MAX_CLASSES))
+
+    def on_snapshot(self, run, step: int) -> Path:
+        """Write the snapshot's samples to ``run/generated/step-XXXXXXX.npz`` (``images`` uint8
+        (B, S, S, 3), ``labels`` (B,) the conditioning classes, ``guidance_scale``,
+        ``sample_steps``: what ``ftviz compare`` classifies) and their grid to ``.png``, atomically.
+        Returns the PNG's path."""
+        from PIL import Image
+
+        from ftviz.rundir import atomic_path, snapshot_name
+
+        folder = Path(run.path) / "generated"
+        images, labels = self.generate()
+        with atomic_path(folder / snapshot_name(step)) as tmp:
+            with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
+                np.savez(handle, images=images, labels=labels.astype(np.int64),
+                         guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
+        path = folder / snapshot_name(step, ".png")
+        with atomic_path(path) as tmp:
+            Image.fromarray(self.sample_grid(images)).save(tmp, format="PNG")
+        return path
+
+
+class ClassConditionalDDPM(ProbedDiffusion):
     """A class-conditional UNet, its noise scheduler and an optional linear probe head.
 
     Parameters
@@ -181,58 +310,10 @@ class ClassConditionalDDPM(ProbeModel):
 
     # ---- embedding -----------------------------------------------------------------------
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled mid-block output (B, D) of clean images at ``embed_timestep``, null class.
-
-        Only the down path and the mid block run: a forward hook on the mid block takes its
-        output and stops the pass, since the up path (most of the cost) cannot change it.
-        """
-        batch = len(pixel_values)
-        timesteps = torch.full((batch,), self.embed_timestep, dtype=torch.long, device=pixel_values.device)
-        null = torch.full((batch,), self.null_class, dtype=torch.long, device=pixel_values.device)
-
-        def stop_at_mid_block(module, inputs, output):
-            raise _MidBlockReached(output)
-
-        handle = self.unet.mid_block.register_forward_hook(stop_at_mid_block)
-        try:
-            self.unet(pixel_values, timesteps, class_labels=null)
-        except _MidBlockReached as reached:
-            mid = reached.output  # (B, D, h, w)
-        else:  # pragma: no cover - the hook always fires
-            raise RuntimeError("the UNet's mid block did not run")
-        finally:
-            handle.remove()
-        return mid.float().mean(dim=(2, 3))
-
-    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding (B, D), probe logits (B, C)) in one pass; needs the probe head."""
-        if self.probe_head is None:
-            raise FtvizError(
-                "this diffusion model was built with probe_head = false, so it has no classifier "
-                "to give logits (needed for snapshots and label scores); set "
-                "model.options.probe_head = true, or call .features() for embeddings alone"
-            )
-        features = self.features(pixel_values)
-        mean, std = self.probe_statistics() if not self.training else _statistics(features)
-        return features, self.probe_head(features, mean, std)
-
-    def probe_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (1, D) that standardise the probe's input outside training.
-
-        Computed from the features of the last ``probe_reference`` training images at the
-        current weights, once per training step. Without training images (before the first
-        step, or a model loaded from disk) the statistics saved with the model, else none
-        (mean 0, std 1).
-        """
-        if self._reference_images is None:
-            if self._saved_statistics is not None:
-                return tuple(t.to(self.pixel_mean.device) for t in self._saved_statistics)
-            zeros = torch.zeros(1, self.embedding_dim, device=self.pixel_mean.device)
-            return zeros, torch.ones_like(zeros)
-        if self._reference_statistics is None:
-            with torch.no_grad():
-                self._reference_statistics = _statistics(self.features(self._reference_images))
-        return self._reference_statistics
+        """Mean-pooled mid-block output (B, D) of clean images at ``embed_timestep``, null class
+        (:func:`mid_block_output`)."""
+        null = torch.full((len(pixel_values),), self.null_class, dtype=torch.long, device=pixel_values.device)
+        return mid_block_output(self.unet, pixel_values, self.embed_timestep, class_labels=null)
 
     # ---- training ------------------------------------------------------------------------
     def training_loss(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -261,15 +342,6 @@ class ClassConditionalDDPM(ProbeModel):
         # gain gives the probe a plain linear layer's gradient size (Adam's steps, hence the
         # gain's speed-up, do not depend on it), so it weighs little in the global norm clip.
         return denoising + (probe_loss - probe_loss.detach()) / self.probe_head.gain
-
-    def _remember(self, pixel_values: torch.Tensor) -> None:
-        """Keep the latest training images for :meth:`probe_statistics`; the weights are
-        about to change, so the cached statistics are dropped."""
-        images = pixel_values.detach()
-        if self._reference_images is not None:
-            images = torch.cat([images, self._reference_images])
-        self._reference_images = images[: self.probe_reference]
-        self._reference_statistics = None
 
     # ---- sampling ------------------------------------------------------------------------
     @torch.no_grad()
@@ -320,53 +392,6 @@ class ClassConditionalDDPM(ProbeModel):
         finally:
             self.train(was_training)
         return images.clamp(-1.0, 1.0)
-
-    def generate(self) -> tuple[np.ndarray, np.ndarray]:
-        """The snapshot's samples: uint8 images (B, S, S, 3) at the UNet's resolution and the
-        classes they were conditioned on (B,), ``samples_per_class`` of each of the first ten
-        classes, row-major (sample i has class i % 10), guided and seeded as configured."""
-        columns = min(self.num_classes, GRID_MAX_CLASSES)
-        labels = torch.arange(columns).repeat(self.samples_per_class)  # row-major: row r, class c
-        images = self.sample(labels)
-        tiles = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return tiles.permute(0, 2, 3, 1).numpy(), labels.numpy()
-
-    def sample_grid(self, tiles: np.ndarray | None = None) -> np.ndarray:
-        """A uint8 (H, W, 3) grid of :meth:`generate`'s tiles: ``samples_per_class`` rows, one
-        column per class (first ten)."""
-        columns = min(self.num_classes, GRID_MAX_CLASSES)
-        if tiles is None:
-            tiles, _ = self.generate()
-        factor = max(1, -(-MIN_TILE_PX // tiles.shape[1]))
-        tiles = tiles.repeat(factor, axis=1).repeat(factor, axis=2)
-        side, gap = tiles.shape[1], 2
-        rows = -(-len(tiles) // columns)
-        grid = np.full((rows * (side + gap) + gap, columns * (side + gap) + gap, 3), 255, dtype=np.uint8)
-        for index, tile in enumerate(tiles):
-            row, column = divmod(index, columns)
-            top, left = gap + row * (side + gap), gap + column * (side + gap)
-            grid[top : top + side, left : left + side] = tile
-        return grid
-
-    def on_snapshot(self, run, step: int) -> Path:
-        """Write the snapshot's samples to ``run/generated/step-XXXXXXX.npz`` (``images`` uint8
-        (B, S, S, 3), ``labels`` (B,) the conditioning classes, ``guidance_scale``,
-        ``sample_steps``: what ``ftviz compare`` classifies) and their grid to ``.png``, atomically.
-        Returns the PNG's path."""
-        from PIL import Image
-
-        from ftviz.rundir import atomic_path, snapshot_name
-
-        folder = Path(run.path) / "generated"
-        images, labels = self.generate()
-        with atomic_path(folder / snapshot_name(step)) as tmp:
-            with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
-                np.savez(handle, images=images, labels=labels.astype(np.int64),
-                         guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
-        path = folder / snapshot_name(step, ".png")
-        with atomic_path(path) as tmp:
-            Image.fromarray(self.sample_grid(images)).save(tmp, format="PNG")
-        return path
 
     # ---- saving --------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:

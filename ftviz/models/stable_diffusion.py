@@ -78,17 +78,14 @@ run.json
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ftviz.errors import FtvizError
 from ftviz.models import register_model
-from ftviz.models.base import ProbeModel
-from ftviz.models.diffusion import GRID_MAX_CLASSES, MIN_TILE_PX, LinearProbe, _MidBlockReached, _statistics
+from ftviz.models.diffusion import LinearProbe, ProbedDiffusion, _statistics, mid_block_output
 
 PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")  # a diffusers SD folder's subfolders
 CLASS_PLACEHOLDER = "{class name}"
@@ -155,8 +152,9 @@ def _byte_symbols() -> list[int]:
 
 
 # ---- the model ----------------------------------------------------------------------------------
-class StableDiffusion(ProbeModel):
-    """Stable Diffusion's five parts and a linear probe head.
+class StableDiffusion(ProbedDiffusion):
+    """Stable Diffusion's five parts and a linear probe head (the probe's logits and the
+    snapshot's samples as for the DDPM: :class:`~ftviz.models.diffusion.ProbedDiffusion`).
 
     Parameters
     ----------
@@ -182,6 +180,8 @@ class StableDiffusion(ProbeModel):
         training prompts dropped to the empty prompt).
     source : the checkpoint it was loaded from ("" for one built from config).
     """
+
+    family = "Stable Diffusion model"
 
     def __init__(
         self,
@@ -318,45 +318,8 @@ class StableDiffusion(ProbeModel):
 
     def _mid_block_features(self, latents: torch.Tensor) -> torch.Tensor:
         """:meth:`features` of scaled clean latents (B, 4, s, s)."""
-        batch = len(latents)
-        timesteps = torch.full((batch,), self.embed_timestep, dtype=torch.long, device=latents.device)
-        empty = self.prompt_states()[-1:].expand(batch, -1, -1)
-
-        def stop_at_mid_block(module, inputs, output):
-            raise _MidBlockReached(output)
-
-        handle = self.unet.mid_block.register_forward_hook(stop_at_mid_block)
-        try:
-            self.unet(latents, timesteps, encoder_hidden_states=empty)
-        except _MidBlockReached as reached:
-            mid = reached.output  # (B, D, h, w)
-        else:  # pragma: no cover - the hook always fires
-            raise RuntimeError("the UNet's mid block did not run")
-        finally:
-            handle.remove()
-        return mid.float().mean(dim=(2, 3))
-
-    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding (B, D), probe logits (B, C)) in one pass; needs the probe head."""
-        if self.probe_head is None:
-            raise FtvizError("this Stable Diffusion model was built with probe_head = false, so it has no "
-                             "classifier to give logits; set model.options.probe_head = true")
-        features = self.features(pixel_values)
-        mean, std = self.probe_statistics() if not self.training else _statistics(features)
-        return features, self.probe_head(features, mean, std)
-
-    def probe_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (1, D) of the last training images' features at the current weights
-        (saved ones for a loaded model; 0 and 1 before any)."""
-        if self._reference_images is None:
-            if self._saved_statistics is not None:
-                return tuple(t.to(self.pixel_mean.device) for t in self._saved_statistics)
-            zeros = torch.zeros(1, self.embedding_dim, device=self.pixel_mean.device)
-            return zeros, torch.ones_like(zeros)
-        if self._reference_statistics is None:
-            with torch.no_grad():
-                self._reference_statistics = _statistics(self.features(self._reference_images))
-        return self._reference_statistics
+        empty = self.prompt_states()[-1:].expand(len(latents), -1, -1)
+        return mid_block_output(self.unet, latents, self.embed_timestep, encoder_hidden_states=empty)
 
     # ---- training --------------------------------------------------------------------------------
     def training_loss(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -407,14 +370,6 @@ class StableDiffusion(ProbeModel):
             self.latent_scale.fill_(1.0 / latents.float().std().clamp_min(1e-6).item())
         self.vae_steps_done += 1
 
-    def _remember(self, pixel_values: torch.Tensor) -> None:
-        """Keep the latest training images for :meth:`probe_statistics` (cached statistics dropped)."""
-        images = pixel_values.detach()
-        if self._reference_images is not None:
-            images = torch.cat([images, self._reference_images])
-        self._reference_images = images[: self.probe_reference]
-        self._reference_statistics = None
-
     # ---- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, class_labels: torch.Tensor, *, steps: int | None = None, seed: int | None = None,
@@ -453,33 +408,6 @@ class StableDiffusion(ProbeModel):
         finally:
             self.train(was_training)
 
-    def generate(self) -> tuple[np.ndarray, np.ndarray]:
-        """The snapshot's samples: uint8 (B, S, S, 3) and their classes (B,), ``samples_per_class``
-        of each of the first ten classes, row-major (sample i has class i % 10)."""
-        columns = min(self.num_classes, GRID_MAX_CLASSES)
-        labels = torch.arange(columns).repeat(self.samples_per_class)
-        images = self.sample(labels)
-        tiles = ((images.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return tiles.permute(0, 2, 3, 1).numpy(), labels.numpy()
-
-    def on_snapshot(self, run, step: int) -> Path:
-        """Write ``generated/step-XXXXXXX.npz`` (``images``, ``labels``, ``guidance_scale``,
-        ``sample_steps``) and the grid ``.png`` as the DDPM does, atomically; returns the PNG's path."""
-        from PIL import Image
-
-        from ftviz.rundir import atomic_path, snapshot_name
-
-        folder = Path(run.path) / "generated"
-        images, labels = self.generate()
-        with atomic_path(folder / snapshot_name(step)) as tmp:
-            with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
-                np.savez(handle, images=images, labels=labels.astype(np.int64),
-                         guidance_scale=np.float32(self.guidance_scale), sample_steps=np.int64(self.sample_steps))
-        path = folder / snapshot_name(step, ".png")
-        with atomic_path(path) as tmp:
-            Image.fromarray(sample_grid(images, min(self.num_classes, GRID_MAX_CLASSES))).save(tmp, format="PNG")
-        return path
-
     # ---- saving ----------------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
         """A diffusers-format Stable Diffusion folder (the five parts; the latent scale in the VAE's
@@ -498,21 +426,6 @@ class StableDiffusion(ProbeModel):
         settings = {"num_classes": self.num_classes, "class_names": self.class_names,
                     "prompt_template": self.prompt_template, "embed_timestep": self.embed_timestep}
         (directory / "ftviz_stable_diffusion.json").write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def sample_grid(tiles: np.ndarray, columns: int) -> np.ndarray:
-    """uint8 (H, W, 3) grid of uint8 tiles (B, S, S, 3), row-major, ``columns`` wide, white gaps;
-    tiles under MIN_TILE_PX are enlarged by whole factors."""
-    factor = max(1, -(-MIN_TILE_PX // tiles.shape[1]))
-    tiles = tiles.repeat(factor, axis=1).repeat(factor, axis=2)
-    side, gap = tiles.shape[1], 2
-    rows = -(-len(tiles) // columns)
-    grid = np.full((rows * (side + gap) + gap, columns * (side + gap) + gap, 3), 255, dtype=np.uint8)
-    for index, tile in enumerate(tiles):
-        row, column = divmod(index, columns)
-        top, left = gap + row * (side + gap), gap + column * (side + gap)
-        grid[top : top + side, left : left + side] = tile
-    return grid
 
 
 def _check_settings(num_train_timesteps: int, *, embed_timestep, uncond_prob, probe_gain, probe_reference,
