@@ -133,31 +133,15 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
     ids = samples["id"].to_numpy()
     if not np.array_equal(ids, np.arange(n_points)):
         raise FtvizError(f"{run.path}/samples.parquet ids must be 0..N-1; rerun training")
-    given = samples["given_label"].to_numpy().astype(np.int64)
-    true = samples["true_label"].to_numpy().astype(np.int64) if "true_label" in samples else None
-    noisy = samples["is_noisy"].to_numpy().astype(bool) if "is_noisy" in samples else None
-    if noisy is None and true is not None:
-        noisy = given != true
-
+    given, true, noisy = probe_labels(samples)
     per_frame = run.frame_scores(["outlier_score", "label_quality", "is_label_issue", "predicted_label"],
                                  steps=steps, count=n_points)
-    if top is None:
-        top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
-    top = max(1, min(top, n_points))
-    ranked = np.where(np.isnan(per_frame["outlier_score"]), -np.inf, per_frame["outlier_score"])
-    top_ids = np.argsort(-ranked, axis=1, kind="stable")[:, :top]
+    top_ids = top_outlier_ids(per_frame["outlier_score"], manifest, top=top)
 
     dataset = manifest.get("dataset", {})
     class_names = run.class_names(int(np.max(per_frame["predicted_label"], initial=0)) + 1, samples=samples)
 
-    generated = {}
-    folder = run.path / "generated"
-    if folder.is_dir():
-        for index, step in enumerate(steps):
-            image = folder / snapshot_name(step, ".png")
-            if image.is_file():
-                generated[index] = image
-
+    generated = generated_images(run, steps)
     images = None
     if with_images:
         try:
@@ -195,6 +179,40 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
         suspicion=run.suspicion(optional=True, count=n_points),
         detectors=run.detectors(),
     )
+
+
+def probe_labels(samples) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(given (N,) int64, true (N,) int64 or None, is_noisy (N,) bool or None) of samples.parquet
+    sorted by id; is_noisy from given != true where the column is absent."""
+    given = samples["given_label"].to_numpy().astype(np.int64)
+    true = samples["true_label"].to_numpy().astype(np.int64) if "true_label" in samples else None
+    noisy = samples["is_noisy"].to_numpy().astype(bool) if "is_noisy" in samples else None
+    if noisy is None and true is not None:
+        noisy = given != true
+    return given, true, noisy
+
+
+def top_outlier_ids(outlier: np.ndarray, manifest: dict, *, top: int | None = None) -> np.ndarray:
+    """(T, top) ids of each frame's most atypical samples (outlier (T, N), NaN last); ``top``
+    defaults to the run's ``score.top``."""
+    if top is None:
+        top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
+    top = max(1, min(top, outlier.shape[1]))
+    ranked = np.where(np.isnan(outlier), -np.inf, outlier)
+    return np.argsort(-ranked, axis=1, kind="stable")[:, :top]
+
+
+def generated_images(run, steps) -> dict:
+    """{frame index: generated/step-XXXXXXX.png} for the frames that have samples (diffusion runs)."""
+    folder = run.path / "generated"
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for index, step in enumerate(steps):
+        image = folder / snapshot_name(step, ".png")
+        if image.is_file():
+            found[index] = image
+    return found
 
 
 def projection_info(manifest: dict) -> dict:

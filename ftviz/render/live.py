@@ -27,12 +27,13 @@ import numpy as np
 
 from ftviz.errors import FtvizError
 from ftviz.rundir import snapshot_name
-from ftviz.render.data import AnimationData, _epochs_at, _metric_columns, projection_info
+from ftviz.render.data import (AnimationData, _epochs_at, _metric_columns, generated_images, probe_labels,
+                               projection_info, top_outlier_ids)
 
 ANALYSIS_DIR = "analysis"
 STEP_FILE = re.compile(r"^step-(\d{7})\.npz$")
 SCORE_KEYS = ("outlier_score", "label_quality", "is_label_issue", "predicted_label")
-DIAGNOSTIC_KEYS = ("explained_variance", "disparity_to_previous", "knn_overlap")
+DIAGNOSTIC_KEYS = ("explained_variance", "knn_overlap")
 LIVE_ANCHOR = '<script type="application/json" id="ftviz-meta">'
 
 
@@ -88,22 +89,15 @@ def live_animation_data(run, manifest: dict | None = None, *, with_images: bool 
     steps = np.array([frame["step"] for frame in frames], dtype=np.int64)
     outlier = np.stack([frame["outlier_score"] for frame in frames]).astype(np.float64)
     predicted = np.stack([frame["predicted_label"] for frame in frames]).astype(np.int64)
-    given = samples["given_label"].to_numpy().astype(np.int64)
-    true = samples["true_label"].to_numpy().astype(np.int64) if "true_label" in samples else None
-    noisy = samples["is_noisy"].to_numpy().astype(bool) if "is_noisy" in samples else None
-    if noisy is None and true is not None:
-        noisy = given != true
-
-    top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
-    top = max(1, min(top, n_points))
-    ranked = np.where(np.isnan(outlier), -np.inf, outlier)
-    top_ids = np.argsort(-ranked, axis=1, kind="stable")[:, :top]
+    given, true, noisy = probe_labels(samples)
+    top_ids = top_outlier_ids(outlier, manifest)
 
     dataset = manifest.get("dataset", {})
     class_names = run.class_names(int(predicted.max(initial=0)) + 1, samples=samples)
 
     metrics = _metrics_so_far(run)
     diagnostics = {key: np.array([frame[key] for frame in frames], dtype=np.float64) for key in DIAGNOSTIC_KEYS}
+    xy = np.stack([frame["xy"] for frame in frames]).astype(np.float32)
     return AnimationData(
         name=str(manifest.get("name", run.path.name)),
         model=str(manifest.get("model", {}).get("name", "model")),
@@ -111,7 +105,7 @@ def live_animation_data(run, manifest: dict | None = None, *, with_images: bool 
         class_names=class_names,
         steps=steps,
         epochs=_epochs_at(metrics, steps),
-        frames=np.stack([frame["xy"] for frame in frames]).astype(np.float32),
+        frames=xy,
         given_labels=given,
         true_labels=true,
         is_noisy=noisy,
@@ -122,16 +116,24 @@ def live_animation_data(run, manifest: dict | None = None, *, with_images: bool 
         top=top_ids,
         train_metrics=_metric_columns(metrics, "train"),
         eval_metrics=_metric_columns(metrics, "eval"),
-        disparity=diagnostics["disparity_to_previous"],
+        disparity=_disparities(xy),
         knn_overlap=diagnostics["knn_overlap"],
         explained_variance=diagnostics["explained_variance"],
         projection=projection_info(manifest),
         images=_probe_images(run, n_points) if with_images else None,
-        generated=_generated(run, steps),
+        generated=generated_images(run, steps),
         noise_rate=float(manifest.get("noise_rate") or 0.0),
         suspicion=_suspicion_so_far(run, n_points),
         detectors=_detectors_so_far(run),
     )
+
+
+def _disparities(frames: np.ndarray) -> np.ndarray:
+    """(T,) Procrustes disparity of each frame to the one before (NaN for the first), as the
+    project stage writes it to projection.parquet."""
+    from ftviz.align import disparity
+
+    return np.array([np.nan] + [disparity(frames[t - 1], frames[t]) for t in range(1, len(frames))])
 
 
 def _read_frame(run, step: int, n_points: int) -> dict | None:
@@ -166,16 +168,6 @@ def _probe_images(run, n_points: int) -> np.ndarray | None:
     except Exception:  # absent or unreadable: the page shows grey thumbnails
         return None
     return images if images.ndim == 4 and len(images) == n_points else None
-
-
-def _generated(run, steps: np.ndarray) -> dict[int, Path]:
-    folder = run.path / "generated"
-    found = {}
-    for index, step in enumerate(steps):
-        image = folder / snapshot_name(step, ".png")
-        if image.is_file():
-            found[index] = image
-    return found
 
 
 def _suspicion_so_far(run, n_points: int):
