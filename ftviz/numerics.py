@@ -66,7 +66,8 @@ def exact_neighbours(
     """The k nearest *other* rows of ``X`` for each query row, exactly, nearest first.
 
     Brute force in float32, as blocked matrix products with a top-k per block (memory stays at
-    block x N), like scikit-learn's ``NearestNeighbors(algorithm="brute")``. Cosine serves the
+    block x N), like scikit-learn's ``NearestNeighbors(algorithm="brute")``; the k distances
+    found are then recomputed in float64 (the same whatever the BLAS threads). Cosine serves the
     outlier score and the label vote (Cleanlab's metric for embeddings); Euclidean serves the
     t-SNE affinities and the overlap metric (openTSNE's metric).
 
@@ -108,15 +109,14 @@ def exact_neighbours(
     width = min(len(X) - 1, k + margin) if search == "bf16" else k
     ops = _NumpyOps(X, metric) if device == "cpu" and search == "fp32" else _TorchOps(X, metric, device, search)
     indices = np.empty((len(rows), k), dtype=np.int64)
-    closeness = np.empty((len(rows), k), dtype=np.float32)
     for start in range(0, len(rows), block):
         chunk = rows[start : start + block]
-        values, found = ops.top(ops.closeness(chunk), width)
+        _, found = ops.top(ops.closeness(chunk), width)
         if width > k:  # re-rank the bf16 candidates by their exact fp32 closeness
-            values, pick = ops.top(ops.exact_closeness(chunk, found), k)
+            _, pick = ops.top(ops.exact_closeness(chunk, found), k)
             found = ops.take(found, pick)
         indices[start : start + len(chunk)] = ops.numpy(found)
-        closeness[start : start + len(chunk)] = ops.numpy(values)
+    # The search only picks the neighbours; their distances are computed once more in float64.
     return _exact_distances(X, rows, indices, metric, block=block)
 
 
@@ -157,14 +157,6 @@ def _resolve(device: str, search: str, count: int) -> tuple[str, str]:
         fast = device.startswith("cuda") or cpu_has_fast_bf16()
         search = "bf16" if fast and count > 4096 else "fp32"
     return device, search
-
-
-def _distances(closeness: np.ndarray, metric: str) -> np.ndarray:
-    """Closeness (larger = nearer, float32) to distances, float64."""
-    if metric == "cosine":
-        return np.maximum(1.0 - closeness.astype(np.float64), 0.0)
-    # Euclidean closeness is minus the squared distance; the root is taken in float32.
-    return np.sqrt(np.maximum(-closeness, 0.0)).astype(np.float64)
 
 
 class _NumpyOps:

@@ -22,7 +22,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     from ftviz.train import train
 
     started = time.perf_counter()
-    run_path(config.out_dir, config.name)  # a name that could reach outside out_dir: refused before any work
+    path = run_path(config.out_dir, config.name)  # a name that could reach outside out_dir: refused before any work
     # Data and model first: bad input must fail before an existing run is touched (--force).
     splits = load_splits(config.data, seed=config.seed)
     check_probe_size(config, len(splits.probe))  # k neighbours need more than k probe images
@@ -40,8 +40,8 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     def open_this_run() -> bool:
         probe = Probe.from_splits(splits)
         _, resuming = open_run(
-            run_path(config.out_dir, config.name), config=config, probe=probe, force=force,
-            out_dir=config.out_dir, force_hint="pass --force to replace it",
+            path, config=config, probe=probe, force=force,
+            force_hint="pass --force to replace it",
             manifest=lambda: new_run_manifest(config, probe, model, train_size=len(splits.train),
                                               noise_map=splits.noise_map,
                                               model_info=getattr(model, "manifest_info", dict)()),
@@ -49,7 +49,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
         return resuming
 
     resuming = distributed.on_main(open_this_run)
-    run = RunDir(config.run_dir)
+    run = RunDir(path)
     if rank != 0:
         log, progress = (lambda *_: None), False
     log(f"ftviz: {'resuming' if resuming else 'training'} {config.model.name} on {config.data.dataset} "

@@ -144,11 +144,12 @@ def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, s
     }
 
 
-def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False) -> None:
+def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False):
     """Score each of ``steps`` not yet recorded under ``analysis/score/`` and record it.
 
     The follower calls this as snapshots land, :func:`score_run` for every step after
     training: the same numbers either way, and a stop loses at most the frame in progress.
+    Returns the :class:`ftviz.framecache.FrameCache` the frames are in.
     """
     from tqdm.auto import tqdm
 
@@ -166,6 +167,7 @@ def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False) ->
             raise FtvizError(f"{run.path}: snapshot step {step} holds NaN or infinite embeddings or logits "
                              "(training diverged); rerun training with a lower train.lr")
         cache.put(step, score_frame(embedding, logits, labels, section))
+    return cache
 
 
 def score_cache(run, section: ScoreConfig):
@@ -191,8 +193,7 @@ def score_run(run, section: ScoreConfig, *, progress: bool = True) -> None:
     ids = run.samples()["id"].to_numpy()
     steps = run.snapshot_steps()
     with run.stage("score", k=section.k, method=section.method):
-        score_frames(run, section, steps, progress=progress)
-        cache = score_cache(run, section)
+        cache = score_frames(run, section, steps, progress=progress)
         tables = []
         for step in steps:
             frame = cache.get(step)

@@ -98,7 +98,6 @@ def open_run(
     probe: Probe | None,
     force: bool = False,
     fresh: bool = False,
-    out_dir=None,
     keep_out=(),
     force_hint: str = "pass --force to replace it",
 ) -> tuple[RunDir, bool]:
@@ -114,13 +113,12 @@ def open_run(
         the caller writes it.
     force : replace an ftviz run (never anything else, never through a symbolic link).
     fresh : the caller starts training from step 0: an unfinished run is replaced.
-    out_dir : when given, ``path`` must lie inside it.
     keep_out : folders ftviz reads from (e.g. the checkpoints ``ftviz embed`` embeds): the run
         folder may be neither inside one nor around one.
     force_hint : how this route's user replaces a run, for the error messages.
     """
     run = RunDir(Path(path).expanduser())
-    _check_location(run.path, out_dir, keep_out)
+    _check_keep_out(run.path, keep_out)
     resuming = False
     if run.path.is_symlink() or (run.path.exists() and any(not _partial_write(p) for p in run.path.iterdir())):
         resuming = _existing(run, config, force=force, fresh=fresh, force_hint=force_hint)
@@ -175,9 +173,7 @@ def _replace(run: RunDir) -> None:
     shutil.rmtree(run.path)  # rmtree unlinks links inside the run, never follows them
 
 
-def _check_location(path: Path, out_dir, keep_out) -> None:
-    if out_dir is not None and not _inside(path, Path(out_dir).expanduser()):
-        raise FtvizError(f"run folder {path} is not inside out_dir {out_dir}: give a plain run name")
+def _check_keep_out(path: Path, keep_out) -> None:
     for folder in keep_out:
         folder = Path(folder).expanduser()
         if _inside(path, folder) or _inside(folder, path):
