@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftviz.rundir import STAGES
+from tests import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_COMMANDS = [stage.name for stage in STAGES if stage.runner is not None]
@@ -17,9 +18,9 @@ EVERY_COMMAND = ["run", *STAGE_COMMANDS, "embed", "quality", "spotlight", "compa
 
 
 def ftviz(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    """``ftviz ARGS`` through ``python -m ftviz.cli`` (what torchrun launches) in this interpreter."""
-    return subprocess.run([sys.executable, "-m", "ftviz.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=120)
+    """``ftviz ARGS`` through ``python -m ftviz.cli`` (what torchrun launches), in a process of its
+    own forked with the libraries already imported (tests/forked.py)."""
+    return forked.run(["-m", "ftviz.cli", *args], cwd=cwd or ROOT, timeout=120)
 
 
 def test_help_lists_every_command():

@@ -3,8 +3,6 @@ export -> fix round trip (ftviz quality --export, data.fixes)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from ftviz.data import load_splits
 from ftviz.dynamics import DynamicsLog, chunk_paths, histories, load_dynamics
 from ftviz.errors import FtvizError
 from ftviz.rundir import RunDir
+from tests import forked
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,10 +205,10 @@ def test_bad_fix_file_on_the_command_line_exits_2_before_any_run(tmp_path):
     path = tmp_path / "bad.csv"
     pd.DataFrame({"split": ["train"], "id": [5000], "given_label": [0], "suggested_label": [1],
                   "suspicion": [0.9], "is_label_issue": [True]}).to_csv(path, index=False)
-    result = subprocess.run(
-        [sys.executable, "-m", "ftviz.cli", "run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=fixed",
+    result = forked.run(
+        ["-m", "ftviz.cli", "run", "-q", "--set", f"out_dir={tmp_path}", "--set", "name=fixed",
          "--set", "data.dataset=synthetic", "--set", "data.train_size=100", "--set", f"data.fixes={path}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "names training id 5000" in result.stderr
     assert not (tmp_path / "fixed").exists()
@@ -237,6 +236,7 @@ def _callback_training(tmp_path, *, with_ids: bool, steps: int = 4):
             for i, j in enumerate(train)]
     config = ExperimentConfig(name="cb", out_dir=str(tmp_path))
     config.score.k = 5
+    config.train.follow = False  # the follower on this route: tests/test_integrations.py
     callback = FtvizCallback(tmp_path / "cb", probe_images=data.images[:60], probe_labels=data.labels[:60],
                              class_names=names, config=config, precision="fp32", every=2, finish=False,
                              dynamics=True, train_labels=data.labels[train])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 
 from ftviz.framecache import FrameCache
 from ftviz.rundir import RunDir
+from tests import forked
 
 # t-SNE with a short schedule: the warm-started chain is what the follower must reproduce.
 PROJECT = {"method": "tsne", "first_iter": 60, "iter": 15, "last_iter": 20, "perplexity": 10.0}
@@ -32,10 +31,11 @@ run_experiment(config, progress=False, log=lambda *_: None)
 
 def _run(out_dir: Path, name: str, *, follow: bool, env: dict | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
-    return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(out_dir), name, "1" if follow else "0"],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root), **(env or {})}, timeout=600,
-    ).returncode
+    # a process of its own, forked with the libraries already imported (tests/forked.py)
+    result = forked.run(["-c", SCRIPT, str(out_dir), name, "1" if follow else "0"],
+                        cwd=root, env={**os.environ, "PYTHONPATH": str(root), **(env or {})}, timeout=600)
+    print(result.stdout, result.stderr, sep="\n")  # shown when the test fails
+    return result.returncode
 
 
 @pytest.fixture(scope="module")

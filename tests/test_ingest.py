@@ -64,16 +64,20 @@ def tiny_trainer_output(root: Path, *, eval_steps: int = 0) -> dict:
     return {"root": root, "cifar": cifar, "out": out, "train": train, "test": test}
 
 
-def embed_args(trained, runs: Path, *extra: str, name: str = "ingested", checkpoints: Path | None = None) -> list[str]:
+def embed_args(trained, runs: Path, *extra: str, name: str = "ingested", checkpoints: Path | None = None,
+               follow: bool = False) -> list[str]:
+    """``ftviz embed`` of the Trainer's checkpoints; the stages after embedding unless ``follow``
+    (the follower, a process of its own, is tested on this route by the ``ingested`` run)."""
     return ["embed", "--checkpoints", str(checkpoints or trained["out"]), "--dataset", "cifar10",
             "--data-path", str(trained["cifar"]), "--name", name, "--out-dir", str(runs), "--device", "cpu",
-            "--set", "train.embed_precision=fp32", "--set", "score.k=5", "-q", *extra]
+            "--set", "train.embed_precision=fp32", "--set", "score.k=5", "--set", f"train.follow={str(follow).lower()}",
+            "-q", *extra]
 
 
 @pytest.fixture(scope="module")
 def ingested(trained, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    assert ftviz_main(embed_args(trained, runs)) == 0
+    assert ftviz_main(embed_args(trained, runs, follow=True)) == 0
     return RunDir(runs / "ingested")
 
 
@@ -94,6 +98,8 @@ def test_frames_match_checkpoints(trained, ingested):
     assert manifest["model"]["model_type"] == "vit" and manifest["noise_rate"] == 0.0
     assert ingested.frames().shape == (3, 30, 2)
     assert sorted(ingested.scores()["step"].unique()) == on_disk
+    # followed as the checkpoints were embedded (train.follow's default): the follower made the frames
+    assert "to step 6" in (ingested.path / "analysis" / "follower.log").read_text()
 
 
 def test_probe_set_and_samples(trained, ingested):

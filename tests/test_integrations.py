@@ -14,6 +14,7 @@ import torch
 
 from ftviz.errors import FtvizError
 from ftviz.rundir import RunDir
+from tests import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -63,12 +64,15 @@ def train_with_callback(out: Path, model, digits, processor, callback, *, steps:
     return trainer
 
 
-def make_callback(run_dir, digits, **kwargs):
+def make_callback(run_dir, digits, *, follow: bool = False, **kwargs):
+    """The callback on the digits probe; the stages after training unless ``follow`` (the
+    follower, a process of its own, is tested on this route by the ``trained`` run)."""
     from ftviz.config import ExperimentConfig
     from ftviz.integrations import FtvizCallback
 
     config = ExperimentConfig(name=Path(run_dir).name, out_dir=str(Path(run_dir).parent))
     config.score.k = 5
+    config.train.follow = follow
     probe = digits["probe"]
     return FtvizCallback(run_dir, probe_images=digits["images"][probe], probe_labels=digits["labels"][probe],
                          config=config, precision="fp32", **kwargs)
@@ -82,7 +86,7 @@ def trained(digits, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("callback")
     processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    callback = make_callback(root / "run", digits, every=2)
+    callback = make_callback(root / "run", digits, every=2, follow=True)
     trainer = train_with_callback(root / "hf", tiny_vit(digits["names"]), digits, processor, callback, steps=6)
     return {"trainer": trainer, "run": RunDir(root / "run"), "processor": processor, "root": root}
 
@@ -100,6 +104,8 @@ def test_callback_writes_a_complete_run(trained, digits):
     assert manifest["model"]["name"] == "vit" and manifest["source"]["kind"] == "hf_trainer_callback"
     assert manifest["source"]["processor"]["mean"] == IMAGENET_MEAN
     assert not (run.path / "weights").exists()  # the Trainer owns the weights
+    # followed while the Trainer ran (train.follow's default): the follower made the frames
+    assert "to step 6" in (run.path / "analysis" / "follower.log").read_text()
 
 
 def test_loss_curve_is_the_trainers_log(trained):
@@ -277,9 +283,15 @@ TINY_RUN = [
 
 
 def torchrun(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=240)
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` (ARGS: ``-m MODULE ...`` or ``SCRIPT ...``).
+
+    The launcher and each rank are processes forked with the libraries already imported
+    (tests/forked.py): torchrun starts every rank as ``python -m tests.forked ARGS``.
+    """
+    rank = ["--no-python", sys.executable, "-m", "tests.forked", *args]
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *rank]
+    environment = forked.command_env({**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    result = forked.run(command, cwd=cwd, env=environment, timeout=240)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -330,8 +342,8 @@ def test_callback_on_two_processes_equals_one(tmp_path):
     script = str(ROOT / "experiments" / "trainer_callback_example.py")
     common = ["--steps", "6", "--every", "3", "--probe", "80", "--batch-size", "16"]
     torchrun(script, *common, "--run-dir", "two", "--output-dir", "two-hf", cwd=tmp_path)
-    one = subprocess.run([sys.executable, script, *common, "--run-dir", "one", "--output-dir", "one-hf"], cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=240)
+    one = forked.run([script, *common, "--run-dir", "one", "--output-dir", "one-hf"], cwd=tmp_path,
+                     env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=240)
     assert one.returncode == 0, one.stderr[-3000:]
     run_one, run_two = RunDir(tmp_path / "one"), RunDir(tmp_path / "two")
     assert run_one.snapshot_steps() == [0, 3, 6]

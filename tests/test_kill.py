@@ -16,8 +16,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import pytest
 
 from ftviz.cli import main
 from ftviz.rundir import KILL_AT_ENV, STAGE_NAMES, RunDir, stage_named
+from tests import forked
 
 # A run of a few seconds: 200 synthetic 16 px training images (120 of them the probe), a
 # one-layer ViT of width 32, two epochs of 6 steps, a snapshot every 2 steps.
@@ -49,10 +48,9 @@ def ftviz(args: list[str], *, kill_at: str | None = None, signal_name: str = "SI
     if kill_at:
         env[KILL_AT_ENV] = kill_at
         env["FTVIZ_TEST_KILL_SIGNAL"] = signal_name
-    # A shell that starts pytest in the background makes it ignore SIGINT, and children inherit
-    # that; Python turns SIGINT into KeyboardInterrupt only when it starts with the default.
-    return subprocess.run([sys.executable, "-m", "ftviz.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A process of its own, forked with the libraries already imported (tests/forked.py), its
+    # Ctrl-C handling that of a fresh interpreter.
+    return forked.run(["-m", "ftviz.cli", *args], env=env, timeout=600)
 
 
 def stopped(result, signal_name: str) -> None:

@@ -38,6 +38,7 @@ def make_recorder(tmp_path, probe, **kwargs) -> Recorder:
     recorder = Recorder(tmp_path / "run", probe_images=images, probe_labels=given, probe_true_labels=true,
                         class_names=names, precision="fp32", **kwargs)
     recorder.config.score.k = 5
+    recorder.config.train.follow = False  # the follower with the Recorder: tests/test_follow.py
     return recorder
 
 
