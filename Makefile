@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > $(VENV)/torch-constraint.txt
 	$(BIN)/pip install -q uv || true
 	$(call INSTALL,hub$(COMMA)diffusion$(COMMA)spotlight$(COMMA)serve$(COMMA)export$(COMMA)projection$(COMMA)bench$(COMMA)test)
 	# timm needs torchvision built for the installed torch; PyPI has only CUDA builds of it, which

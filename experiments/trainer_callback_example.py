@@ -40,7 +40,10 @@ def main() -> None:
 
     processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
     pixels = processor(list(digits.images[train]), return_tensors="pt")["pixel_values"]
-    train_set = [{"pixel_values": pixels[i], "labels": int(digits.labels[j])} for i, j in enumerate(train)]
+    # sample_id: the row's index in train_labels below, so the callback can record the training
+    # dynamics (each training sample's logits as the Trainer computed them) per sample
+    train_set = [{"pixel_values": pixels[i], "labels": int(digits.labels[j]), "sample_id": i}
+                 for i, j in enumerate(train)]
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(
@@ -53,9 +56,10 @@ def main() -> None:
         output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size // world,
         learning_rate=1e-3, warmup_steps=args.steps // 10, logging_steps=1, save_strategy="no", report_to=[],
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=0,
+        remove_unused_columns=False,  # keeps sample_id in the batches
     )
     callback = FtvizCallback(args.run_dir, probe_images=digits.images[probe], probe_labels=digits.labels[probe],
-                             every=args.every, overwrite=True)
+                             every=args.every, overwrite=True, dynamics=True, train_labels=digits.labels[train])
     Trainer(model=model, args=training, train_dataset=train_set, processing_class=processor,
             callbacks=[callback]).train()
     if training.process_index == 0:

@@ -30,6 +30,14 @@ Per grid frame and run, :func:`compare_runs` computes
     generated samples; ``classifier`` chooses another. Computed at every frame (a few
     dozen images per snapshot through a small classifier: cheap).
 
+and, per run (the same on each of its rows),
+
+``test_accuracy_true``
+    The run's final accuracy on the held-out test split against the *true* labels, where the
+    run's probe is that split (``data.probe = "test"`` in its run.json): the last ``eval`` row
+    of its ``metrics.parquet`` (ftviz's loop), else the last ``probe`` row (ingested runs).
+    NaN for a run whose probe it trained on: its accuracy there is no test accuracy.
+
 and writes ``compare.html`` (self-contained: plotly.js embedded), ``compare.parquet`` and
 ``compare.csv`` to the output folder.
 
@@ -150,6 +158,8 @@ class ComparedRun:
     steps : (T,) snapshot steps; progress : (T,) steps / total steps, in [0, 1].
     frames : (T, N, 2) the run's own aligned 2-D frames.
     generated : {step: path of generated/step-XXXXXXX.npz}, empty unless a diffusion run.
+    test_accuracy_true : final test accuracy against the true labels
+        (:func:`held_out_true_accuracy`), NaN without a held-out probe.
     """
 
     label: str
@@ -161,6 +171,7 @@ class ComparedRun:
     samples: object
     scores: object
     generated: dict = field(default_factory=dict)
+    test_accuracy_true: float = float("nan")
     _embeddings: dict = field(default_factory=dict, repr=False)
     _per_frame: dict = field(default_factory=dict, repr=False)
 
@@ -208,7 +219,30 @@ def load_run(path, label: str) -> ComparedRun:
         samples=run.samples().sort_values("id").reset_index(drop=True),
         scores=run.scores()[["step", "id", "label_quality"]],
         generated=generated_sample_files(run),
+        test_accuracy_true=held_out_true_accuracy(run, manifest),
     )
+
+
+def held_out_true_accuracy(run, manifest: dict | None = None) -> float:
+    """A run's final accuracy on the held-out test split against the true labels; NaN unless
+    its probe is that split (run.json's config ``data.probe == "test"``).
+
+    The probe's metrics rows carry it: the last ``eval`` row (by step) of ``metrics.parquet``
+    in ftviz's loop, else the last ``probe`` row (runs made by ``ftviz embed``), column
+    ``true_accuracy``; NaN if neither has a value.
+    """
+    manifest = run.manifest() if manifest is None else manifest
+    if manifest.get("config", {}).get("data", {}).get("probe") != "test":
+        return float("nan")
+    metrics = run.metrics()
+    if "split" not in metrics or "true_accuracy" not in metrics:
+        return float("nan")
+    for split in ("eval", "probe"):
+        rows = metrics[metrics["split"] == split]
+        if len(rows):
+            value = float(rows.sort_values("step", kind="stable")["true_accuracy"].iloc[-1])
+            return value if np.isfinite(value) else float("nan")
+    return float("nan")
 
 
 # ---- generated samples and the classifier that judges them ---------------------------------
@@ -399,8 +433,8 @@ def compare_table(runs: list[ComparedRun], grid: np.ndarray, indices: np.ndarray
     """One row per (grid frame, run): the metrics of the module docstring.
 
     Columns: frame, progress, run, model, step, run_progress, knn_accuracy, silhouette,
-    label_issue_auroc, sample_accuracy, sample_classifier, and ``cka_<label>`` for every run
-    (1 against itself). ``classifier`` is the index of the run whose final model judges the
+    label_issue_auroc, sample_accuracy, sample_classifier, test_accuracy_true (the run's, on
+    each of its rows), and ``cka_<label>`` for every run (1 against itself). ``classifier`` is the index of the run whose final model judges the
     generated samples (see :func:`choose_classifier`); None leaves sample_accuracy NaN.
     """
     import pandas as pd
@@ -434,6 +468,7 @@ def compare_table(runs: list[ComparedRun], grid: np.ndarray, indices: np.ndarray
                 "step": int(run.steps[index]),
                 "run_progress": float(run.progress[index]),
                 **per_snapshot[r, index],
+                "test_accuracy_true": float(run.test_accuracy_true),
             }
             for o, other in enumerate(runs):
                 other_index = int(indices[o, g])
@@ -465,12 +500,13 @@ def build_figure(runs: list[ComparedRun], frames: list[np.ndarray], table, grid:
     reference : the run the panels are aligned onto (named in the title), or None.
     """
     charts, sampled = metric_charts(runs, table)
+    held_out = held_out_runs(runs)
     figure, height = _subplot_grid(runs, charts)
     scatter_traces = _add_scatter_panels(figure, runs, frames, columns=len(charts))
     percent = 100.0 * grid
     _add_metric_curves(figure, runs, table, charts, sampled, percent)
-    table_cells = _frame_table_cells(runs, table, sampled)
-    table_trace = _add_frame_table(figure, runs, sampled, table_cells(0))
+    table_cells = _frame_table_cells(runs, table, sampled, held_out)
+    table_trace = _add_frame_table(figure, runs, sampled, held_out, table_cells(0))
     halves = 1.05 * np.stack([np.nanmax(np.abs(f), axis=(1, 2)) for f in frames])  # (R, G)
     _style_axes(figure, runs, charts, halves)
     cursor = _progress_cursor(figure, runs, charts, percent)
@@ -493,6 +529,12 @@ def metric_charts(runs: list[ComparedRun], table) -> tuple[list[tuple[str, str]]
         judge = next(name for name in table["sample_classifier"] if name)
         charts.append(("sample_accuracy", f"sample accuracy (generated, judged by {plotly_text(judge)})"))
     return charts, sampled
+
+
+def held_out_runs(runs: list[ComparedRun]) -> bool:
+    """Whether any run has a test accuracy against the true labels: the table then shows the
+    column for every run ("–" for the runs whose probe they trained on)."""
+    return any(np.isfinite(run.test_accuracy_true) for run in runs)
 
 
 def _subplot_grid(runs: list[ComparedRun], charts: list) -> tuple[object, int]:
@@ -593,7 +635,7 @@ def _add_metric_curves(figure, runs: list[ComparedRun], table, charts: list, sam
             ), row=2, col=col)
 
 
-def _frame_table_cells(runs: list[ComparedRun], table, sampled: list[int]):
+def _frame_table_cells(runs: list[ComparedRun], table, sampled: list[int], held_out: bool = False):
     """A function of the grid point g: the columns of row 3's table at g, as text."""
     others = [f"cka_{run.label}" for run in runs]
 
@@ -606,18 +648,21 @@ def _frame_table_cells(runs: list[ComparedRun], table, sampled: list[int]):
             [_format(v) for v in rows["knn_accuracy"]], [_format(v) for v in rows["silhouette"]],
             [_format(v) for v in rows["label_issue_auroc"]],
             *([[_format(v) for v in rows["sample_accuracy"]]] if sampled else []),
+            *([[_format(v) for v in rows["test_accuracy_true"]]] if held_out else []),
             *[[_format(v) for v in rows[column]] for column in others],
         ]
 
     return table_cells
 
 
-def _add_frame_table(figure, runs: list[ComparedRun], sampled: list[int], cells: list[list[str]]) -> int:
+def _add_frame_table(figure, runs: list[ComparedRun], sampled: list[int], held_out: bool,
+                     cells: list[list[str]]) -> int:
     """Row 3: the table of the current grid point; returns its trace index."""
     import plotly.graph_objects as go
 
     header = ["run", "model", "step", "progress", "kNN acc.", "silhouette", "label-issue AUROC",
-              *(["sample acc."] if sampled else []), *[f"CKA vs {plotly_text(run.label)}" for run in runs]]
+              *(["sample acc."] if sampled else []), *(["test accuracy (true labels)"] if held_out else []),
+              *[f"CKA vs {plotly_text(run.label)}" for run in runs]]
     figure.add_trace(go.Table(
         header=dict(values=[f"<b>{h}</b>" for h in header], fill_color="#eef1f5", align="left",
                     font=dict(size=12)),
@@ -769,6 +814,9 @@ def compare_runs(paths, *, out=None, align_to=None, classifier=None, log=print) 
         figure.write_html(tmp, include_plotlyjs=True, full_html=True, auto_play=False,
                           config={"displaylogo": False, "responsive": True})
     log(f"ftviz: compared {', '.join(labels)} over {len(grid)} frames -> {page}")
+    for run in runs:
+        if np.isfinite(run.test_accuracy_true):
+            log(f"ftviz: test accuracy (true labels) of {run.label}: {run.test_accuracy_true:.3f}")
     last = table[(table["frame"] == len(grid) - 1) & np.isfinite(table["sample_accuracy"])]
     for row in last.itertuples():
         log(f"ftviz: sample accuracy of {row.run} at step {row.step}: {row.sample_accuracy:.3f} "

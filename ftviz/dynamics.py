@@ -14,6 +14,11 @@ Files (run directory)::
                                 step (M,) int64 (updates applied before that forward pass),
                                 logits (M, C) float16; rows in training order
     train_samples.parquet       id, given_label, true_label, is_noisy, class_name, true_class_name
+    train_images.npy            (N, h, w, 3) uint8 thumbnails of the training images, row i =
+                                row i of train_samples.parquet in id order; no side over 32 px
+                                (larger images box-filtered down, smaller ones kept as they
+                                are). ftviz's own loop writes it; the Trainer callback has no
+                                images and writes none.
 
 A row's ``step`` counts the updates applied before its forward pass, as a snapshot's step
 does: rows of step s were computed with the weights of snapshot s. Rows are buffered on the
@@ -33,6 +38,11 @@ from ftviz.rundir import snapshot_name
 
 DYNAMICS_DIR = "dynamics"
 TRAIN_SAMPLES = "train_samples.parquet"
+TRAIN_IMAGES = "train_images.npy"
+# Longest side of a kept training image: enough to recognise a sample on a card or in
+# Spotlight, and 50,000 CIFAR-10 images stay 150 MB (the images of ImageNet-sized folders
+# are box-filtered down to it rather than kept at 224 px, 49x the bytes).
+TRAIN_IMAGE_SIDE = 32
 
 
 def chunk_name(last_step: int) -> str:
@@ -262,6 +272,89 @@ def write_train_samples(run, *, ids, given_labels, true_labels, class_names) -> 
         "class_name": names[given],
         "true_class_name": names[true],
     }))
+
+
+def thumbnails(images: np.ndarray, *, max_side: int = TRAIN_IMAGE_SIDE) -> np.ndarray:
+    """Images no larger than ``max_side`` pixels a side, aspect ratio kept.
+
+    Parameters
+    ----------
+    images : (N, H, W, 3) uint8 (or (N, H, W) / (N, H, W, 1) grey, made RGB).
+    max_side : the longest side allowed; larger images are downscaled with Pillow's box
+        filter (each output pixel the mean of the input pixels it covers: no aliasing of fine
+        detail), smaller ones are returned as they are (never enlarged).
+
+    Returns
+    -------
+    (N, h, w, 3) uint8 with max(h, w) <= max_side.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be (N, H, W, 3), got {images.shape}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    images = images[..., :3]
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
+    count, height, width = images.shape[:3]
+    if max(height, width) <= max_side:
+        return np.ascontiguousarray(images)
+    from PIL import Image
+
+    factor = max_side / max(height, width)
+    size = (max(1, min(max_side, round(width * factor))), max(1, min(max_side, round(height * factor))))
+    out = np.empty((count, size[1], size[0], 3), dtype=np.uint8)
+    for index in range(count):  # one image at a time: the split is never copied at full size
+        out[index] = np.asarray(Image.fromarray(np.ascontiguousarray(images[index])).resize(size, Image.Resampling.BOX))
+    return out
+
+
+def write_train_images(run, *, ids, images) -> None:
+    """``train_images.npy``: :func:`thumbnails` of ``images`` (N, H, W, 3) uint8, whose row i is
+    training sample ``ids[i]``, written in id order (the order of :func:`read_train_samples`)."""
+    from ftviz.rundir import write_npy
+
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} ids for {len(images)} images")
+    order = np.argsort(ids, kind="stable")
+    if (order != np.arange(len(ids))).any():
+        images = np.asarray(images)[order]
+    write_npy(run.file(TRAIN_IMAGES), thumbnails(images))
+
+
+def read_train_images(run, *, count: int | None = None, mmap: bool = False) -> np.ndarray | None:
+    """``train_images.npy``: (N, h, w, 3) uint8, row i = row i of :func:`read_train_samples`;
+    None when the run has none (the Trainer callback's runs, runs of an earlier ftviz).
+
+    Parameters
+    ----------
+    count : N, the rows of ``train_samples.parquet`` (default: read it).
+    mmap : map the file instead of reading it (a page needs a few rows of 50,000).
+
+    A run directory is untrusted input: the file is read without unpickling, and one that is
+    not such an array raises :class:`FtvizError` (one line).
+    """
+    path = run.file(TRAIN_IMAGES)
+    if not path.is_file():
+        return None
+    fix = "delete it to show the training samples without images, or rerun training"
+    try:
+        images = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except Exception as error:  # not an .npy, truncated, an object array, ...
+        raise FtvizError(f"{path} is damaged ({type(error).__name__}); {fix}") from None
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4
+            or images.shape[-1] != 3 or not 0 < max(images.shape[1:3]) <= TRAIN_IMAGE_SIDE
+            or min(images.shape[1:3]) < 1):
+        shape = getattr(images, "shape", None)
+        raise FtvizError(f"{path} holds {getattr(images, 'dtype', '?')} {shape}, not uint8 (N, h, w, 3) "
+                         f"thumbnails of at most {TRAIN_IMAGE_SIDE} px; {fix}")
+    count = len(read_train_samples(run)) if count is None else int(count)
+    if len(images) != count:
+        raise FtvizError(f"{path} has {len(images)} images for the {count} rows of {TRAIN_SAMPLES}; {fix}")
+    return images
 
 
 def read_train_samples(run):

@@ -19,6 +19,9 @@ Layout (``FORMAT_VERSION`` 1)::
       generated/step-XXXXXXX.png   diffusion runs only: DDIM samples at each snapshot
       train_samples.parquet the training set: id, given_label, true_label, is_noisy, class_name,
                             true_class_name (runs that record training dynamics)
+      train_images.npy      (N, h, w, 3) uint8 thumbnails (no side over 32 px) of the training
+                            images, row i = row i of train_samples.parquet in id order; written
+                            by ftviz's own loop beside train_samples.parquet (ftviz/dynamics.py)
       dynamics/step-XXXXXXX.npz    training dynamics: the rows recorded up to step XXXXXXX,
                             ids (M,) int64, step (M,) int64 (updates before that forward pass),
                             logits (M, C) float16, in training order (ftviz/dynamics.py)
@@ -91,7 +94,7 @@ class Stage:
 # The pipeline, in order. A new stage is its module plus a row here.
 STAGES: tuple[Stage, ...] = (
     Stage("train", (), ("snapshots/", "metrics.parquet", "samples.parquet", "probe_images.npy", "generated/",
-                        "dynamics/", "train_samples.parquet"),
+                        "dynamics/", "train_samples.parquet", "train_images.npy"),
           "train", "ftviz run EXPERIMENT.toml (or ftviz embed --checkpoints DIR)", None,
           "train with snapshots of the probe set"),
     Stage("score", ("snapshots/", "samples.parquet"), ("scores.parquet",),
@@ -475,7 +478,10 @@ class RunDir:
         if not path.is_file():
             self.require("train")
             raise FtvizError(f"{path} is missing; rerun training")
-        return np.load(path)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:  # truncated, garbage, or pickled objects
+            raise FtvizError(f"{path} is damaged ({type(error).__name__}: {error}); rerun training") from None
 
     # ---- typed readers ---------------------------------------------------------------------
     # The one reader of each derived table: every stage, page and command reads these files

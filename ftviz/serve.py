@@ -11,7 +11,8 @@ re-reads on every request and never writes into:
   grows in place (frames, loss curve, cards) while the run is live;
 - ``/api/runs``, ``/api/runs/{name}``: JSON status (:func:`run_status`);
 - ``/api/runs/{name}/data``: the status plus the page's data (``meta``, ``points``,
-  ``generated``, in the page's own codec), what a live page fetches when ``revision`` changes.
+  ``generated``, in the page's own codec, and ``train_thumbnails``, the training panel's
+  sprite sheet), what a live page fetches when ``revision`` changes.
 
 A name in a URL is served only if it is one of the runs listed in DIR (a folder with a
 run.json, not hidden, not a link out of DIR): anything else is a 404.
@@ -175,7 +176,8 @@ def _final_files_ready(run, stages: dict) -> bool:
 def _revision(run, status: dict) -> str:
     """Changes when a file the page reads changes (per-frame files are counted, not timed: immutable)."""
     parts = [status["state"], status["source"] or "-", str(status["frames"])]
-    for name in ("metrics.parquet", "suspicion.parquet", "detectors.parquet", "frames.npy", "animation.html"):
+    for name in ("metrics.parquet", "suspicion.parquet", "detectors.parquet", "frames.npy", "animation.html",
+                 "train_suspicion.parquet", "train_images.npy"):  # the training set's panel
         try:
             parts.append(str(run.file(name).stat().st_mtime_ns))
         except OSError:

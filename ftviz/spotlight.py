@@ -1,12 +1,23 @@
-"""Open a run in Renumics Spotlight: one row per probe sample, with a layout shipped in ftviz.
+"""Open a run in Renumics Spotlight: one row per probe sample (and per suspicious training
+sample), with a layout shipped in ftviz.
 
-The table (:func:`build_table`) has one row per probe sample, row i = sample id i:
+The table (:func:`build_table`) has one row per probe sample first, row i = sample id i,
+then, in runs with ``train_suspicion.parquet`` (training dynamics and the detect stage), one
+row per training sample in id order: all of them up to :data:`TRAIN_ROWS_MAX` (5,000), else
+the 5,000 most suspicious (suspicion descending, then id). ``split`` tells them apart; the
+columns a training sample has no value for (the probe's snapshots: predictions, per-snapshot
+scores, frames and embedding) are missing values on its row, so Spotlight's similarity maps
+place the probe rows alone.
 
 =====================  ===================================================================
 column                 meaning
 =====================  ===================================================================
-id                     sample id (row of ``probe_images.npy``)
-image                  PNG bytes, upscaled (nearest neighbour) to at least 128 px
+id                     sample id (row of ``probe_images.npy``; a training row: the training
+                       sample id of ``train_samples.parquet``)
+split                  "probe" or "train" (category)
+image                  PNG bytes, upscaled (nearest neighbour) to at least 128 px; training
+                       rows: their ``train_images.npy`` thumbnail, empty where the run kept
+                       none (the Trainer callback)
 given_label            label the model was trained on (category of class names)
 true_label, is_noisy   label before noise injection, and whether it was flipped; only in
                        runs that injected label noise
@@ -30,6 +41,9 @@ datamap_variability    score (1 = most atypical)
 datamap_correctness
 forgetting_events
 outlier_rank
+suggested_label        training rows: the class the model settled on (category), and the
+times_seen             times the sample was trained on; empty on probe rows (only in runs
+                       with training rows)
 frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
 frame_last             as Spotlight embeddings (in an exported file: ``(x, y, 0)``, see
                        :func:`export_table`)
@@ -60,6 +74,9 @@ LAYOUT_PATH = Path(__file__).with_name("spotlight_layout.json")
 IMAGE_MIN_SIDE = 128
 FRAME_COLUMNS = ("frame_first", "frame_last")
 EMBEDDING_COLUMN = "embedding_last"
+# Training rows kept at most: the most suspicious of a bigger training set (CIFAR-10's 50,000
+# would make the browser table ten times the probe's and hold few samples worth a look).
+TRAIN_ROWS_MAX = 5_000
 # Environment variables Spotlight's settings read (pydantic-settings, prefix "spotlight_",
 # case-insensitive) to decide on usage analytics.
 TELEMETRY_VARIABLES = ("SPOTLIGHT_OPT_IN", "SPOTLIGHT_OPT_OUT")
@@ -67,17 +84,21 @@ TELEMETRY_VARIABLES = ("SPOTLIGHT_OPT_IN", "SPOTLIGHT_OPT_OUT")
 
 # ---- the table ---------------------------------------------------------------------------
 def build_table(run: RunDir):
-    """The Spotlight table of ``run``: one row per probe sample (see the module docstring).
+    """The Spotlight table of ``run``: one row per probe sample, then the training rows (see
+    the module docstring).
 
     Raises :class:`~ftviz.errors.MissingStageError` naming the first missing stage
     (train, score, project) and the command that makes it.
 
     Returns
     -------
-    pandas.DataFrame with N rows; ``frame_*`` cells are float32 arrays of shape (2,),
-    ``embedding_last`` cells float32 arrays of shape (D,).
+    pandas.DataFrame with N probe rows (0..N-1, row i = sample id i) and M training rows
+    after them; ``frame_*`` cells are float32 arrays of shape (2,), ``embedding_last`` cells
+    float32 arrays of shape (D,) (None on training rows).
     """
     import pandas as pd
+
+    from ftviz.render.data import read_training_suspicion
 
     for stage in ("train", "score", "project"):
         run.require(stage)
@@ -103,17 +124,23 @@ def build_table(run: RunDir):
     if len(embedding) != count:
         raise FtvizError(f"{run.path}: snapshot {last} has {len(embedding)} rows, not {count}; rerun training")
 
-    class_names = _class_names(run, samples, at_last["predicted_label"])
+    training = training_rows(read_training_suspicion(run))
+    training_labels = ([training[c].to_numpy(np.int64) for c in ("given_label", "true_label", "suggested_label")
+                        if c in training] if training is not None else [])
+    class_names = _class_names(run, samples, np.concatenate([np.asarray(at_last["predicted_label"]).ravel(),
+                                                             *training_labels]))
 
     def category(labels):
         return pd.Categorical.from_codes(np.asarray(labels, dtype=np.int64), categories=class_names)
 
+    noise = _injected_noise(manifest, samples)
     columns = {
         "id": samples["id"].to_numpy(np.int64),
+        "split": pd.Categorical(["probe"] * count, categories=SPLITS),
         "image": png_images(run.probe_images()),
         "given_label": category(samples["given_label"]),
     }
-    if _injected_noise(manifest, samples):
+    if noise:
         columns["true_label"] = category(samples["true_label"])
         columns["is_noisy"] = samples["is_noisy"].to_numpy(bool)
     columns |= {
@@ -131,8 +158,104 @@ def build_table(run: RunDir):
         EMBEDDING_COLUMN: list(embedding.astype(np.float32)),
     }
     table = pd.DataFrame(columns)
+    if training is not None:
+        table = _with_training_rows(table, _training_columns(run, training, category, noise=noise))
     table.attrs["steps"] = {"first": int(first), "last": int(last)}
     return table
+
+
+SPLITS = ("probe", "train")
+
+
+def training_rows(table):
+    """The training rows Spotlight shows, in id order: every row of ``table`` (from
+    :func:`ftviz.render.data.read_training_suspicion`) up to :data:`TRAIN_ROWS_MAX`, else the
+    most suspicious (:func:`ftviz.render.data.suspicion_order`). None when ``table`` is."""
+    from ftviz.render.data import suspicion_order
+
+    if table is None:
+        return None
+    if len(table) > TRAIN_ROWS_MAX:
+        keep = np.sort(suspicion_order(table["suspicion"])[:TRAIN_ROWS_MAX])
+        table = table.iloc[keep]
+    return table.reset_index(drop=True)
+
+
+def _training_columns(run: RunDir, training, category, *, noise: bool) -> dict:
+    """The training rows' columns (M values each), named as the table's."""
+    import pandas as pd
+
+    from ftviz.dynamics import read_train_images
+
+    count = len(training)
+    images = read_train_images(run, mmap=True)  # checked against train_samples.parquet
+    columns = {
+        "id": training["id"].to_numpy(np.int64),
+        "split": pd.Categorical(["train"] * count, categories=SPLITS),
+        # No image kept (the Trainer callback's runs): the row stays, its image cell is empty.
+        "image": (png_images(np.asarray(images[training["row"].to_numpy(np.int64)])) if images is not None
+                  else [None] * count),
+        "given_label": category(training["given_label"]),
+    }
+    if noise and "true_label" in training:
+        columns["true_label"] = category(training["true_label"])
+        columns["is_noisy"] = training["is_noisy"].to_numpy(bool)
+    for source, name in SUSPICION_COLUMNS.items():
+        if source in training:  # issue_step and outlier_rank: nullable Int64, kept so
+            nullable = source in ("issue_step", "outlier_rank")
+            columns[name] = training[source].array if nullable else training[source].to_numpy()
+    if "suggested_label" in training:
+        suggested = training["suggested_label"].to_numpy(np.int64)  # -1: never trained on
+        columns["suggested_label"] = pd.Categorical.from_codes(np.where(suggested >= 0, suggested, -1),
+                                                               categories=category([]).categories)
+    if "times_seen" in training:
+        columns["times_seen"] = training["times_seen"].to_numpy(np.int64)
+    return columns
+
+
+def _with_training_rows(table, training: dict):
+    """``table`` (the probe rows) with the training rows appended: a column either side lacks
+    holds missing values there, in a dtype Spotlight reads as the column's own (nullable
+    boolean and Int64, categories kept, None for images and arrays)."""
+    import pandas as pd
+
+    count = len(next(iter(training.values())))
+    names = list(table.columns)
+    # Columns of the training rows alone (suggested_label, times_seen) go before the arrays.
+    first_array = names.index(FRAME_COLUMNS[0]) if FRAME_COLUMNS[0] in names else len(names)
+    names[first_array:first_array] = [name for name in training if name not in table]
+    joined = {}
+    for name in names:
+        probe = table[name] if name in table else None
+        train = pd.Series(training[name]) if name in training else None
+        joined[name] = _joined(probe, train, len(table), count)
+    return pd.DataFrame(joined)
+
+
+def _joined(probe, train, probe_count: int, train_count: int):
+    """One column: the probe rows' values, then the training rows'; ``None`` for a side that
+    lacks the column (its rows get missing values)."""
+    import pandas as pd
+
+    like = probe if probe is not None else train
+    sides = ((probe, probe_count), (train, train_count))
+    if isinstance(like.dtype, pd.CategoricalDtype):
+        codes = [side.cat.codes.to_numpy() if side is not None else np.full(size, -1) for side, size in sides]
+        return pd.Categorical.from_codes(np.concatenate(codes), categories=like.cat.categories)
+    if like.dtype.kind == "f":
+        return np.concatenate([side.to_numpy(np.float64) if side is not None else np.full(size, np.nan)
+                               for side, size in sides])
+    if like.dtype.kind in "biu" or str(like.dtype) in ("boolean", "Int64"):
+        plain = [side.to_numpy() for side, _ in sides if side is not None and isinstance(side.dtype, np.dtype)]
+        if len(plain) == 2:
+            return np.concatenate(plain)
+        # A side without values: pandas' nullable types, which Spotlight reads as bool / int.
+        nullable = "boolean" if like.dtype.kind == "b" or str(like.dtype) == "boolean" else "Int64"
+        values = [value for side, size in sides
+                  for value in (side.astype(object) if side is not None else [None] * size)]
+        return pd.array([None if value is pd.NA else value for value in values], dtype=nullable)
+    # Images, frames, embeddings: one object per row.
+    return [value for side, size in sides for value in (list(side) if side is not None else [None] * size)]
 
 
 # suspicion.parquet column -> Spotlight column (the data-map ones would clash with "confidence").
@@ -231,7 +354,8 @@ def spotlight_dtypes(table) -> dict:
     mapping = {"image": dtypes.image_dtype}
     for column in (*FRAME_COLUMNS, EMBEDDING_COLUMN):
         if column in table:
-            mapping[column] = dtypes.EmbeddingDType(len(table[column].iloc[0]))
+            present = next((value for value in table[column] if value is not None), None)
+            mapping[column] = dtypes.EmbeddingDType(None if present is None else len(present))
     return mapping
 
 
@@ -249,8 +373,8 @@ def export_table(run: RunDir, path: Path | str) -> Path:
     if path.suffix.lower() != ".parquet":
         raise FtvizError(f"--export writes parquet: give a file name ending in .parquet (got {path.name})")
     table = build_table(run)
-    for column in FRAME_COLUMNS:
-        table[column] = [np.append(xy, np.float32(0)) for xy in table[column]]
+    for column in FRAME_COLUMNS:  # training rows have no frame: their cells stay empty
+        table[column] = [None if xy is None else np.append(xy, np.float32(0)) for xy in table[column]]
     write_parquet(path, table)
     return path
 

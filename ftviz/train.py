@@ -226,15 +226,18 @@ class _Loop:
         self.write_train_samples()
 
     def write_train_samples(self) -> None:
-        """``train_samples.parquet`` and the split's fingerprint in run.json (rank 0), when
-        dynamics are recorded."""
+        """``train_samples.parquet``, ``train_images.npy`` (the images' thumbnails, for the page
+        and Spotlight) and the split's fingerprint in run.json (rank 0), when dynamics are
+        recorded."""
         if not self.record_dynamics or self.rank != 0:
             return
-        from ftviz.dynamics import write_train_samples
+        from ftviz.dynamics import write_train_images, write_train_samples
 
         splits = self.splits
         write_train_samples(self.run, ids=splits.train_sample_ids, given_labels=splits.train.labels,
                             true_labels=splits.train_true_labels, class_names=splits.class_names)
+        # Written again on resume: a thumbnail of each image costs far less than a snapshot.
+        write_train_images(self.run, ids=splits.train_sample_ids, images=splits.train.images)
         self.run.update_manifest(train_split={"fingerprint": splits.train_fingerprint,
                                               "size": len(splits.train), "fixes": splits.fixes_applied})
 

@@ -348,6 +348,44 @@ def test_suspicion_colours_and_detector_table(page, tiny_run):
     assert page.errors == []
 
 
+def test_training_panel_shows_the_training_sets_most_suspicious_labels(page, tiny_run):
+    """The static panel of train_suspicion.parquet: ids in order, labels as names, suspicion
+    to 3 decimals, red where flagged, each card's thumbnail drawn from train_images.npy."""
+    from tests.test_render import train_suspicion_by_rank
+
+    assert not page.locator("#training-card").is_hidden()
+    top = tiny_run.manifest()["config"]["score"]["top"]
+    expected = train_suspicion_by_rank(tiny_run).head(top)
+    samples = pd.read_parquet(tiny_run.file("train_samples.parquet")).set_index("id")
+    names = tiny_run.manifest()["dataset"]["class_names"]
+    cards = page.locator("#training .outlier")
+    assert cards.count() == top
+    assert [int(cards.nth(j).get_attribute("data-id")) for j in range(top)] == expected["id"].tolist()
+    for j, row in enumerate(expected.itertuples()):
+        card = cards.nth(j)
+        assert card.locator(".sample-id").inner_text() == f"id {row.id}"
+        assert card.locator(".given").inner_text() == f"given {names[samples.loc[row.id, 'given_label']]}"
+        assert card.locator(".suggested").inner_text() == f"suggested {names[row.suggested_label]}"
+        assert card.locator(".score").inner_text() == f"{row.suspicion:.3f}"
+        assert ("issue" in card.get_attribute("class").split()) == bool(row.is_label_issue)
+        assert (card.locator(".badge.issue").count() == 1) == bool(row.is_label_issue)
+    # The panel is static: another frame lists the same samples.
+    page.evaluate("window.ftviz.goTo(1, 0)")
+    settle(page, 1)
+    assert [int(cards.nth(j).get_attribute("data-id")) for j in range(top)] == expected["id"].tolist()
+    # Each canvas holds its sample's image (not the grey placeholder): its centre pixel.
+    page.wait_for_function("window.ftviz.trainThumbnailsLoaded === true")
+    images = np.load(tiny_run.file("train_images.npy"))
+    row_of = {int(sample): position for position, sample in enumerate(samples.index)}
+    shown = page.evaluate("""() => Array.from(document.querySelectorAll('#training canvas'), (c) => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const grey = [...d].filter((v, i) => i % 4 === 0);
+        return Math.max(...grey) - Math.min(...grey); })""")
+    spreads = [int(np.ptp(images[row_of[int(i)], ..., 0])) for i in expected["id"]]
+    assert all(s > 30 for s, e in zip(shown, spreads) if e > 60) and max(shown) > 30
+    assert page.errors == []
+
+
 def test_hostile_names_show_as_text(browser, tiny_run, tmp_path):
     """Class and run names that are markup: the page loads, shows them literally, makes no links."""
     from tests.test_render import HOSTILE_NAMES, HOSTILE_RUN_NAME, make_hostile_run
@@ -380,6 +418,12 @@ def test_hostile_names_show_as_text(browser, tiny_run, tmp_path):
         # No element made from a name: no link anywhere, no image or styled text in the plot.
         assert opened.evaluate("document.querySelectorAll('a, #scatter img, #scatter image, #scatter b, "
                                "#scatter i').length") == 0, mode
+    # The training panel names the classes as text too.
+    given = opened.locator("#training .given").all_text_contents()
+    samples = pd.read_parquet(run.file("train_samples.parquet")).set_index("id")
+    ids = [int(i) for i in opened.locator("#training .outlier").evaluate_all("(cards) => cards.map((c) => c.dataset.id)")]
+    assert ids and given == [f"given {HOSTILE_NAMES[samples.loc[i, 'given_label']]}" for i in ids]
+    assert opened.evaluate("document.querySelectorAll('#training a, #training img, #training b, #training i').length") == 0
     assert opened.evaluate("window.pwned === undefined")
     context.close()
 

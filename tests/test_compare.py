@@ -176,7 +176,7 @@ def test_two_models_compare_frame_by_frame(compared, vit_and_swin, tiny_run):
     assert len(table) == 2 * len(steps)
     assert list(table.columns) == [
         "frame", "progress", "run", "model", "step", "run_progress", "knn_accuracy", "silhouette",
-        "label_issue_auroc", "sample_accuracy", "sample_classifier", "cka_vit", "cka_swin",
+        "label_issue_auroc", "sample_accuracy", "sample_classifier", "test_accuracy_true", "cka_vit", "cka_swin",
     ]
     vit, swin = table[table["run"] == "vit"], table[table["run"] == "swin"]
     assert set(vit["model"]) == {"vit_tiny"} and set(swin["model"]) == {"swin_tiny_digits"}
@@ -195,8 +195,9 @@ def test_two_models_compare_frame_by_frame(compared, vit_and_swin, tiny_run):
     assert not np.allclose(vit["knn_accuracy"], swin["knn_accuracy"])
     assert not np.allclose(vit["silhouette"], swin["silhouette"])
     assert swin["knn_accuracy"].iloc[-1] > swin["knn_accuracy"].iloc[0]
-    # No diffusion run: nothing to judge.
+    # No diffusion run: nothing to judge. Probes drawn from the training split: no test accuracy.
     assert table["sample_accuracy"].isna().all() and (table["sample_classifier"] == "").all()
+    assert table["test_accuracy_true"].isna().all()
     # The CSV holds the same table.
     csv = pd.read_csv(page.parent / "compare.csv")
     np.testing.assert_allclose(csv["knn_accuracy"], table["knn_accuracy"])
@@ -252,6 +253,7 @@ def test_the_page_is_self_contained_and_animates_every_frame(compared, vit_and_s
     assert np.abs(first - last).mean() > 0.1
     assert "vit" in html and "swin" in html and "label-issue AUROC" in html
     assert "sample acc." not in html  # no diffusion run
+    assert "test accuracy (true labels)" not in html  # no held-out probe
 
 
 def test_align_to_moves_every_run_onto_the_reference(twin_runs, tiny_run):
@@ -308,6 +310,66 @@ def test_cli_compare_with_align_to(vit_and_swin, compared, tmp_path, capsys):
 def test_default_output_folder_is_beside_the_first_run(twin_runs):
     page = compare.compare_runs(twin_runs[:1], log=lambda *_: None)
     assert page == twin_runs[0].parent / "compare" / "compare.html"
+
+
+# ---- test accuracy against the true labels ----------------------------------------------------
+def _held_out(path: Path, accuracies: list[float], *, split: str = "eval") -> None:
+    """Make the run at ``path`` one whose probe is the held-out test split (run.json's config
+    ``data.probe = "test"``), its probe rows' true accuracy over the snapshots ``accuracies``
+    and its probe rows of split ``split`` (ingested runs write "probe")."""
+    run = RunDir(path)
+    manifest = run.manifest()
+    manifest["config"]["data"]["probe"] = "test"
+    run.manifest_path.write_text(json.dumps(manifest))
+    metrics = pd.read_parquet(run.file("metrics.parquet"))
+    rows = metrics["split"] == "eval"
+    assert rows.sum() == len(accuracies)
+    order = metrics[rows].sort_values("step").index
+    metrics.loc[order, "true_accuracy"] = accuracies
+    metrics.loc[rows, "split"] = split
+    metrics.sample(frac=1.0, random_state=0).to_parquet(run.file("metrics.parquet"), index=False)  # any row order
+
+
+def test_compare_shows_each_runs_test_accuracy_against_the_true_labels(twin_runs, tmp_path, capsys):
+    steps = len(RunDir(twin_runs[0]).snapshot_steps())
+    _held_out(twin_runs[0], [0.1] * (steps - 1) + [0.8125])
+    _held_out(twin_runs[1], [0.2] * (steps - 1) + [0.6875], split="probe")  # as `ftviz embed` writes them
+    third = tmp_path / "runs" / "trained-on-probe"
+    shutil.copytree(twin_runs[0].parent / "vit-a", third)
+    manifest = json.loads((third / "run.json").read_text())
+    manifest["config"]["data"]["probe"] = "train"
+    (third / "run.json").write_text(json.dumps(manifest))
+    assert compare.held_out_true_accuracy(RunDir(third)) != compare.held_out_true_accuracy(RunDir(twin_runs[0]))
+
+    out = tmp_path / "out"
+    assert ftviz_main(["compare", *map(str, twin_runs), str(third), "--out", str(out)]) == 0
+    logged = capsys.readouterr().out
+    assert "test accuracy (true labels) of vit-a: 0.812" in logged and "of vit-b: 0.688" in logged
+    table = pd.read_parquet(out / "compare.parquet")
+    by_run = table.groupby("run")["test_accuracy_true"]
+    assert (by_run.nunique(dropna=False) == 1).all()  # one value per run, on each of its rows
+    assert by_run.first()[["vit-a", "vit-b"]].tolist() == [0.8125, 0.6875]
+    assert np.isnan(by_run.first()["trained-on-probe"])
+    np.testing.assert_array_equal(pd.read_csv(out / "compare.csv")["test_accuracy_true"], table["test_accuracy_true"])
+    # Side by side in the page's table, at every frame: "–" for the run without a held-out probe.
+    figure = page_figure(out / "compare.html")
+    (header,) = [trace["header"]["values"] for trace in figure["data"] if trace["type"] == "table"]
+    column = header.index("<b>test accuracy (true labels)</b>")
+    assert header[-3:] == ["<b>CKA vs vit-a</b>", "<b>CKA vs vit-b</b>", "<b>CKA vs trained-on-probe</b>"]
+    for frame in (figure["frames"][0], figure["frames"][-1]):
+        (cells,) = [trace["cells"]["values"] for trace in frame["data"] if "cells" in trace]
+        assert cells[0] == ["vit-a", "vit-b", "trained-on-probe"]
+        assert cells[column] == ["0.812", "0.688", "–"]
+
+
+def test_held_out_accuracy_is_nan_without_a_value(twin_runs):
+    _held_out(twin_runs[0], [0.5] * len(RunDir(twin_runs[0]).snapshot_steps()))
+    assert compare.held_out_true_accuracy(RunDir(twin_runs[0])) == 0.5
+    metrics = pd.read_parquet(twin_runs[0] / "metrics.parquet")
+    metrics["true_accuracy"] = np.nan  # a run that did not know its true labels
+    metrics.to_parquet(twin_runs[0] / "metrics.parquet", index=False)
+    assert np.isnan(compare.held_out_true_accuracy(RunDir(twin_runs[0])))
+    assert np.isnan(compare.held_out_true_accuracy(RunDir(twin_runs[1])))  # probe from the training split
 
 
 # ---- sample accuracy of diffusion runs -----------------------------------------------------

@@ -265,3 +265,62 @@ def test_callback_without_the_id_column_is_one_line(tmp_path):
     with pytest.raises(FtvizError, match="no 'sample_id' column") as error:
         _callback_training(tmp_path, with_ids=False, steps=1)
     assert "remove_unused_columns=False" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_trainer_callback_records_what_ftviz_loop_records_for_the_same_batches(tmp_path):
+    """ftviz's loop and a real transformers.Trainer with FtvizCallback, fed the same batches in
+    the same order from the same initial weights with the same optimizer, schedule and clipping:
+    the same (step, id) rows with the same logits."""
+    import torch
+    from transformers import Trainer, TrainingArguments, ViTForImageClassification
+
+    from ftviz.config import config_from_manifest
+    from ftviz.integrations import FtvizCallback
+    from ftviz.models import create_model
+    from ftviz.pipeline import run_experiment
+    from ftviz.train import StepPlan, lr_at
+
+    config = tiny_config(tmp_path, name="loop", train={"precision": "fp32", "save_weights": "all"},
+                         project={"method": "pca"})
+    loop = run_experiment(config, progress=False, log=lambda *_: None)
+    ids, steps, logits = load_dynamics(loop)
+    config = config_from_manifest(loop.manifest())
+    splits = load_splits(config.data, seed=config.seed)
+    plan = StepPlan.of(config.train, len(splits.train))
+    np.testing.assert_array_equal(splits.train_sample_ids, np.arange(len(splits.train)))
+
+    # The loop's step-0 weights, its preprocessing, and its batches in its order (ids as recorded).
+    model = ViTForImageClassification.from_pretrained(loop.weights_dir / "step-0000000")
+    probe_model = create_model(config.model.name, num_classes=splits.num_classes, image_size=config.data.image_size,
+                               **config.model.options)
+    pixels = probe_model.preprocess(torch.from_numpy(splits.train.images))
+    rows = [{"pixel_values": pixels[i], "labels": int(splits.train.labels[i]), "sample_id": int(i)} for i in ids]
+
+    class InLoopOrder(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(
+        step, total_steps=plan.total_steps, warmup_steps=plan.warmup_steps, peak=config.train.lr) / config.train.lr)
+    callback_config = config_from_manifest(loop.manifest())
+    callback_config.train.follow = False
+    callback = FtvizCallback(tmp_path / "cb", probe_images=splits.probe.images, probe_labels=splits.probe.labels,
+                             class_names=splits.class_names, config=callback_config, precision="fp32",
+                             every=plan.total_steps, finish=False, dynamics=True, train_labels=splits.train.labels)
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=plan.total_steps,
+                             per_device_train_batch_size=config.train.batch_size, max_grad_norm=1.0,
+                             report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+                             remove_unused_columns=False, logging_steps=plan.total_steps)
+    InLoopOrder(model=model, args=args, train_dataset=rows, callbacks=[callback],
+                optimizers=(optimizer, schedule)).train()
+
+    cb_ids, cb_steps, cb_logits = load_dynamics(RunDir(tmp_path / "cb"))
+    np.testing.assert_array_equal(cb_steps, steps)
+    np.testing.assert_array_equal(cb_ids, ids)
+    # float16 files; the two routes' float32 arithmetic differs in the last bits only
+    np.testing.assert_allclose(cb_logits.astype(np.float32), logits.astype(np.float32), atol=1e-2, rtol=1e-2)
+    assert np.abs(logits[steps == steps.max()].astype(np.float32)
+                  - logits[steps == 0].astype(np.float32)[: (steps == steps.max()).sum()]).max() > 0.1  # it trained
+    cb_samples = RunDir(tmp_path / "cb").read_parquet("train_samples.parquet")
+    np.testing.assert_array_equal(cb_samples["given_label"], loop.read_parquet("train_samples.parquet")["given_label"])

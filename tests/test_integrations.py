@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -311,6 +312,23 @@ def assert_same_frames(one: RunDir, two: RunDir) -> None:
         np.testing.assert_allclose(logits2.astype(np.float32), logits1.astype(np.float32), atol=LOGITS_ATOL)
 
 
+def assert_same_dynamics(one: RunDir, two: RunDir) -> None:
+    """The training dynamics of two processes are one process's: the same (step, id) rows, once
+    each, with the same logits (each step's rows compared in id order: the ranks' halves of a
+    global batch are gathered, not interleaved as one process read them)."""
+    from ftviz.dynamics import load_dynamics
+
+    (ids1, steps1, logits1), (ids2, steps2, logits2) = load_dynamics(one), load_dynamics(two)
+    assert len(ids1) > 0 and len(ids2) == len(ids1)
+    order1, order2 = np.lexsort((ids1, steps1)), np.lexsort((ids2, steps2))
+    np.testing.assert_array_equal(steps2[order2], steps1[order1])
+    np.testing.assert_array_equal(ids2[order2], ids1[order1])
+    assert len(np.unique(steps1 * 1_000_000 + ids1)) == len(ids1)  # no row twice
+    np.testing.assert_allclose(logits2[order2].astype(np.float32), logits1[order1].astype(np.float32),
+                               atol=LOGITS_ATOL)
+    pd.testing.assert_frame_equal(one.read_parquet("train_samples.parquet"), two.read_parquet("train_samples.parquet"))
+
+
 @pytest.mark.slow
 def test_ftviz_run_on_two_processes_killed_and_resumed_equals_one(tmp_path):
     """torchrun --nproc_per_node 2 ftviz run: the same global batch split over two gloo ranks;
@@ -334,6 +352,7 @@ def test_ftviz_run_on_two_processes_killed_and_resumed_equals_one(tmp_path):
     assert m2[["step", "split"]].values.tolist() == m1[["step", "split"]].values.tolist()  # no row twice
     np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=LOSS_RTOL)
     assert not list(two.path.rglob("*.tmp"))
+    assert_same_dynamics(one, two)  # each rank's rows gathered and written once, resumed without a row twice
 
 
 @pytest.mark.slow
@@ -351,6 +370,7 @@ def test_callback_on_two_processes_equals_one(tmp_path):
     assert run_two.manifest()["source"]["processes"] == 2
     t1, t2 = (r.metrics().query("split == 'train'") for r in (run_one, run_two))
     np.testing.assert_allclose(t2["loss"], t1["loss"], rtol=LOSS_RTOL)
+    assert_same_dynamics(run_one, run_two)
 
 
 # ---- timm -----------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def stopped(result, signal_name: str) -> None:
 # against injected noise (runs with noise).
 # Written only by some routes or runs: diffusion samples, noise tables, and the training
 # dynamics / training-set labels (ftviz's loop and the callback record them; ftviz embed cannot).
-CONDITIONAL_OUTPUTS = {"generated/", "detectors.parquet", "dynamics/", "train_samples.parquet",
+CONDITIONAL_OUTPUTS = {"generated/", "detectors.parquet", "dynamics/", "train_samples.parquet", "train_images.npy",
                        "train_suspicion.parquet", "train_detectors.parquet"}
 
 

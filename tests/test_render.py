@@ -494,3 +494,154 @@ def test_detector_rows_are_detectors_parquet_cell_by_cell(tiny_run):
                 assert row[metric] is None, (record["detector"], metric)
             else:
                 assert row[metric] == pytest.approx(float(value), abs=5e-5), (record["detector"], metric)
+
+
+# ---- the training set: its images and the page's panel of its most suspicious labels ------------
+def train_suspicion_by_rank(run):
+    """train_suspicion.parquet, most suspicious first (equal suspicion: smaller id first)."""
+    import pandas as pd
+
+    table = pd.read_parquet(run.file("train_suspicion.parquet"))
+    return table.sort_values(["suspicion", "id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def test_train_images_are_the_training_split_as_thumbnails(tiny_run):
+    import pandas as pd
+
+    from ftviz.config import ExperimentConfig
+    from ftviz.data import load_splits
+    from ftviz.dynamics import read_train_images
+
+    config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
+    splits = load_splits(config.data, seed=config.seed)
+    images = read_train_images(tiny_run)
+    ids = pd.read_parquet(tiny_run.file("train_samples.parquet"))["id"].to_numpy()
+    assert images.dtype == np.uint8 and images.shape == (len(ids), 16, 16, 3)  # 16 px: kept as they are
+    row_of = {int(sample): row for row, sample in enumerate(splits.train_sample_ids)}
+    np.testing.assert_array_equal(images, splits.train.images[[row_of[int(i)] for i in ids]])
+
+
+def test_thumbnails_box_filter_larger_images_and_never_enlarge():
+    from PIL import Image
+
+    from ftviz.dynamics import thumbnails
+
+    rng = np.random.default_rng(4)
+    wide = rng.integers(0, 256, (3, 48, 96, 3), dtype=np.uint8)
+    small = thumbnails(wide)
+    assert small.shape == (3, 16, 32, 3) and small.dtype == np.uint8
+    for image, thumb in zip(wide, small):
+        np.testing.assert_array_equal(thumb, np.asarray(Image.fromarray(image).resize((32, 16), Image.Resampling.BOX)))
+    # A box filter by an exact factor 3 is the mean of each 3 x 3 block (to rounding).
+    blocks = wide[0].reshape(16, 3, 32, 3, 3).mean(axis=(1, 3))
+    assert np.abs(small[0].astype(float) - blocks).max() <= 1
+    tiny = rng.integers(0, 256, (2, 8, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(thumbnails(tiny), tiny)  # never enlarged
+    grey = thumbnails(rng.integers(0, 256, (2, 64, 64), dtype=np.uint8))
+    assert grey.shape == (2, 32, 32, 3) and (grey[..., 0] == grey[..., 2]).all()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "pickled", "float", "short", "large"])
+def test_damaged_train_images_are_a_one_line_error(run_copy, damage, capsys):
+    from ftviz.cli import main
+    from ftviz.dynamics import read_train_images
+
+    path = run_copy.file("train_images.npy")
+    images = np.load(path)
+    if damage == "garbage":
+        path.write_bytes(b"\x93NUMPY not an array at all")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "pickled":  # an object array: loading it would unpickle (run code)
+        np.save(path, np.array([{"x": 1}] * len(images), dtype=object), allow_pickle=True)
+    elif damage == "float":
+        np.save(path, images.astype(np.float32))
+    elif damage == "short":
+        np.save(path, images[:-1])
+    else:
+        np.save(path, np.zeros((len(images), 64, 64, 3), np.uint8))
+    with pytest.raises(FtvizError) as caught:
+        read_train_images(run_copy)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and message.endswith("rerun training")
+    # The page's render stops on it with that one line (not a traceback), exit code 2.
+    assert main(["render", str(run_copy.path), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ftviz: error: {message}"]
+    # A GIF shows the probe alone: the training set's files are not read for it.
+    assert load_animation_data(run_copy, with_training=False).training is None
+
+
+def test_training_panel_lists_the_most_suspicious_training_samples(run_copy):
+    """The page's training panel: exactly the top ids of train_suspicion.parquet in order,
+    with their labels, suspicion, flags and thumbnails (a sheet the page crops, card j = tile j)."""
+    from io import BytesIO
+
+    import pandas as pd
+    from PIL import Image
+
+    from ftviz.dynamics import read_train_images
+
+    page_path = render_run(run_copy, RenderConfig(thumbnail_format="png"), out=run_copy.path / "png.html")
+    page = page_path.read_text()
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    training = meta["training"]
+    top = run_copy.manifest()["config"]["score"]["top"]
+    expected = train_suspicion_by_rank(run_copy).head(top)
+    samples = pd.read_parquet(run_copy.file("train_samples.parquet")).set_index("id")
+    assert [card["id"] for card in training["top"]] == expected["id"].tolist()
+    assert [card["rank"] for card in training["top"]] == list(range(1, top + 1))
+    np.testing.assert_allclose([card["suspicion"] for card in training["top"]], expected["suspicion"], atol=1e-9)
+    assert [card["flagged"] for card in training["top"]] == expected["is_label_issue"].tolist()
+    assert [card["given"] for card in training["top"]] == samples.loc[expected["id"], "given_label"].tolist()
+    assert [card["true"] for card in training["top"]] == samples.loc[expected["id"], "true_label"].tolist()
+    assert [card["noisy"] for card in training["top"]] == samples.loc[expected["id"], "is_noisy"].tolist()
+    assert [card["suggested"] for card in training["top"]] == expected["suggested_label"].tolist()
+    assert training["count"] == len(samples)
+    assert training["flagged"] == int(train_suspicion_by_rank(run_copy)["is_label_issue"].sum())
+    assert any(card["flagged"] for card in training["top"])  # the tiny run flags its flipped labels
+    # The labels travel as numbers; the names the page shows them by are the run's class names.
+    assert meta["classNamesText"][: len(run_copy.manifest()["dataset"]["class_names"])] == \
+        run_copy.manifest()["dataset"]["class_names"]
+
+    info = training["thumbnails"]
+    assert info["count"] == top and info["mime"] == "image/png"
+    sheet_url = script_text(page, "ftviz-train-thumbnails")
+    sheet = np.asarray(Image.open(BytesIO(base64.b64decode(sheet_url.split(",", 1)[1]))).convert("RGB"))
+    images = read_train_images(run_copy)
+    row_of = {int(sample): row for row, sample in enumerate(samples.index)}
+    for j, sample in enumerate(expected["id"]):
+        r, c = divmod(j, info["columns"])
+        tile = sheet[r * info["cell"] : r * info["cell"] + info["height"], c * info["cell"] : c * info["cell"] + info["width"]]
+        np.testing.assert_array_equal(tile, images[row_of[int(sample)]])
+    # Its bytes are the page's images, not its per-point budget.
+    _, sizes = build_page(load_animation_data(run_copy), RenderConfig(thumbnail_format="png"))
+    assert sizes["train_thumbnails"] == len(sheet_url.encode()) > 0
+
+
+def test_training_panel_without_images_or_without_the_file(run_copy):
+    run_copy.file("train_images.npy").unlink()  # a run of the Trainer callback: no images kept
+    data = load_animation_data(run_copy)
+    assert data.training is not None and data.training.images is None
+    page, _ = build_page(data)
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    assert meta["training"]["thumbnails"] is None  # the cards show the grey placeholder
+    assert len(meta["training"]["top"]) == run_copy.manifest()["config"]["score"]["top"]
+    assert script_text(page, "ftviz-train-thumbnails") == ""
+    run_copy.file("train_suspicion.parquet").unlink()  # no training dynamics or no detect stage: no panel
+    page, _ = build_page(load_animation_data(run_copy))
+    meta = json.loads(script_text(page, "ftviz-meta"))
+    assert meta["training"] is None and script_text(page, "ftviz-train-thumbnails") == ""
+
+
+def test_training_panel_of_a_training_table_that_disagrees_is_refused(run_copy):
+    import pandas as pd
+
+    table = pd.read_parquet(run_copy.file("train_suspicion.parquet"))
+    table.iloc[:-3].to_parquet(run_copy.file("train_suspicion.parquet"), index=False)
+    with pytest.raises(FtvizError, match=r"train_suspicion.parquet has 197 rows.*ftviz detect"):
+        load_animation_data(run_copy)
+    # The live page reads what it can: no panel rather than an error.
+    from ftviz.render.data import training_suspects
+
+    assert training_suspects(run_copy, 8, tolerant=True) is None

@@ -31,7 +31,7 @@ from ftviz.rundir import RunDir, atomic_path, write_json, write_parquet
 from ftviz.serve import BackgroundServer, run_names
 
 FINAL_FILES = ("frames.npy", "scores.parquet", "projection.parquet", "suspicion.parquet", "detectors.parquet",
-               "animation.html")
+               "train_suspicion.parquet", "train_detectors.parquet", "animation.html")
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -225,6 +225,16 @@ def test_finished_run_page_is_its_animation_html(tiny_run, runs_root, serve_fold
     assert payload["meta"]["T"] == len(frames) and payload["state"] == "finished"
     assert payload["meta"]["steps"] == tiny_run.projection()["step"].tolist()
     assert np.abs(decoded_frames(payload) - frames).max() <= grid_step(frames)
+    # The training set's panel travels with the data: its list and its own small sprite sheet.
+    from tests.test_render import script_text, train_suspicion_by_rank
+
+    page_meta = json.loads(script_text(expected.decode(), "ftviz-meta"))
+    training = payload["meta"]["training"]
+    top = [card["id"] for card in training["top"]]
+    assert top == train_suspicion_by_rank(tiny_run)["id"].head(len(top)).tolist() and top
+    assert training["top"] == page_meta["training"]["top"]
+    assert training["thumbnails"]["count"] == len(top)
+    assert payload["train_thumbnails"] == script_text(expected.decode(), "ftviz-train-thumbnails")
 
 
 def test_empty_folder_says_so(runs_root, serve_folder):
@@ -309,6 +319,7 @@ def test_live_run_is_shown_as_far_as_it_goes(tiny_run, runs_root, serve_folder):
     payload = get_json(api + "/data")
     meta = payload["meta"]
     assert meta["T"] == 2 and meta["steps"] == live.steps[:2] and meta["suspicion"] is None
+    assert meta["training"] is None and payload["train_thumbnails"] == ""  # no detect stage yet
     assert np.abs(decoded_frames(payload) - frames[:2]).max() <= grid_step(frames[:2])
     logged = live.metrics[(live.metrics["split"] == "train") & (live.metrics["step"] <= live.steps[2])]
     assert meta["metrics"]["train"]["step"] == logged["step"].tolist()
@@ -331,6 +342,12 @@ def test_live_run_is_shown_as_far_as_it_goes(tiny_run, runs_root, serve_folder):
     done = get_json(api)
     assert (done["live"], done["state"], done["frames"]) == (False, "finished", len(frames))
     assert get(server.url + "runs/growing/")[1] == tiny_run.file("animation.html").read_bytes()
+    # The detect stage's training table appeared with the end: the page's data now has the panel.
+    finished = get_json(api + "/data")
+    assert finished["meta"]["training"]["top"][0]["id"] == int(
+        pd.read_parquet(live.run.file("train_suspicion.parquet")).sort_values(
+            ["suspicion", "id"], ascending=[False, True])["id"].iloc[0])
+    assert finished["train_thumbnails"].startswith("data:image/")
 
 
 # ---- notebooks ---------------------------------------------------------------------------------
@@ -418,6 +435,10 @@ def test_live_page_grows_in_place_then_reads_finished(tiny_run, runs_root, serve
         T = len(live.frames)
         page.wait_for_function(f"window.ftviz.meta.T === {T}")
         assert page.evaluate("window.notReloaded") is True
+        # train_suspicion.parquet came with the end: the training panel appears in place.
+        page.wait_for_function("window.ftviz.trainThumbnailsLoaded === true", timeout=15_000)
+        assert not page.locator("#training-card").is_hidden()
+        assert page.locator("#training .outlier").count() == len(page.evaluate("window.ftviz.meta.training.top"))
         assert page.get_attribute("#frame-slider", "max") == str(T - 1)
         assert errors == []
         browser.close()

@@ -31,15 +31,18 @@ CHROMIUM_ARGS = [
 ]
 STARTUP_TIMEOUT_S = 240  # two cold imports of Spotlight on two busy cores
 EXPECTED_COLUMNS = [
-    "id", "image", "given_label", "true_label", "is_noisy", "predicted_label", "confidence",
+    "id", "split", "image", "given_label", "true_label", "is_noisy", "predicted_label", "confidence",
     "outlier_score_first", "outlier_score_last", "label_quality_first", "label_quality_last",
     "label_issue_last", "first_issue_step",
     # from suspicion.parquet (the detect stage)
     "suspicion", "suspicion_rank", "is_label_issue", "issue_step", "aum", "label_quality_ensemble",
     "label_quality_knn", "datamap_confidence", "datamap_variability", "datamap_correctness", "forgetting_events", "outlier_rank",
+    # the training rows' own (train_suspicion.parquet)
+    "suggested_label", "times_seen",
     "frame_first", "frame_last", "embedding_last",
 ]
 DETECT_COLUMNS = EXPECTED_COLUMNS[EXPECTED_COLUMNS.index("suspicion") : EXPECTED_COLUMNS.index("frame_first")]
+PROBE_SIZE = TRAIN_SIZE = 200  # the tiny run (tests/conftest.py): every training row is kept
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,22 @@ def run(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def table(run):
+def full_table(run):
+    """The table: the probe's rows, then the training set's."""
     return spotlight.build_table(run)
+
+
+@pytest.fixture(scope="module")
+def table(full_table):
+    """The probe's rows (0..N-1, row i = sample id i)."""
+    probe = full_table[full_table["split"] == "probe"]
+    assert list(probe.index) == list(range(len(probe)))  # the probe rows come first
+    return probe
+
+
+@pytest.fixture(scope="module")
+def train_rows(full_table):
+    return full_table[full_table["split"] == "train"].reset_index(drop=True)
 
 
 def scores_at(run, step):
@@ -79,11 +96,11 @@ def set_stage(run: RunDir, stage: str, status: str) -> None:
 
 
 # ---- table ---------------------------------------------------------------------------------
-def test_table_has_one_row_per_probe_sample_with_the_scores_of_first_and_last_snapshot(run, table):
+def test_table_has_one_row_per_probe_sample_with_the_scores_of_first_and_last_snapshot(run, table, full_table):
     steps = run.snapshot_steps()
     count = run.manifest()["probe_size"]
-    assert len(table) == count == 200
-    assert list(table.columns) == EXPECTED_COLUMNS
+    assert len(table) == count == PROBE_SIZE and len(full_table) == PROBE_SIZE + TRAIN_SIZE
+    assert list(full_table.columns) == EXPECTED_COLUMNS
     assert table.attrs["steps"] == {"first": steps[0], "last": steps[-1]}
     first, last = scores_at(run, steps[0]), scores_at(run, steps[-1])
     samples = run.samples().set_index("id")
@@ -135,10 +152,13 @@ def test_detect_columns_are_the_suspicion_file_in_id_order(run, table):
 def test_a_run_without_the_detect_stage_has_no_detect_columns_or_suspicion_histogram(run, tmp_path):
     copy = copy_run(run, tmp_path)
     copy.file("suspicion.parquet").unlink()
+    copy.file("train_suspicion.parquet").unlink()  # no detect stage: no training rows either
     table = spotlight.build_table(copy)
     assert list(table.columns) == [c for c in EXPECTED_COLUMNS if c not in DETECT_COLUMNS]
+    assert len(table) == PROBE_SIZE and set(table["split"]) == {"probe"}
     layout = json.dumps(spotlight.load_layout(table.columns).model_dump(by_alias=True))
     assert "suspicion" not in layout and "Suspicion (detect stage)" not in layout
+    assert "suggested_label" not in layout and '"split"' in layout
     assert "Outlier score, last snapshot" in layout  # the other histogram stays
 
 
@@ -174,10 +194,70 @@ def test_runs_without_noise_leave_out_true_label(run, tmp_path):
     samples.to_parquet(copy.file("samples.parquet"), index=False)
     copy.update_manifest(noise_rate=0.0)
     table = spotlight.build_table(copy)
-    assert "true_label" not in table and "is_noisy" not in table
+    assert "true_label" not in table and "is_noisy" not in table  # on training rows neither
+    assert (table["split"] == "train").sum() == TRAIN_SIZE
     layout = json.dumps(spotlight.load_layout(table.columns).model_dump(by_alias=True))
     assert "true_label" not in layout and "is_noisy" not in layout
     assert "given_label" in layout
+
+
+# ---- the training set's rows -----------------------------------------------------------------
+def test_training_rows_are_train_suspicion_with_labels_and_images(run, table, train_rows):
+    """One row per training sample (200 <= TRAIN_ROWS_MAX: all kept), in id order, with its
+    suspicion, labels and train_images.npy thumbnail; the probe's columns empty there."""
+    import pandas as pd
+    from PIL import Image
+
+    suspicion = pd.read_parquet(run.file("train_suspicion.parquet")).sort_values("id").reset_index(drop=True)
+    samples = pd.read_parquet(run.file("train_samples.parquet")).sort_values("id").reset_index(drop=True)
+    names = run.manifest()["dataset"]["class_names"]
+    assert train_rows["id"].tolist() == suspicion["id"].tolist() == samples["id"].tolist()
+    np.testing.assert_array_equal(train_rows["suspicion"], suspicion["suspicion"])
+    np.testing.assert_array_equal(train_rows["suspicion_rank"], suspicion["suspicion_rank"])
+    np.testing.assert_array_equal(train_rows["is_label_issue"].astype(bool), suspicion["is_label_issue"])
+    np.testing.assert_allclose(train_rows["aum"], suspicion["aum"])
+    assert train_rows["times_seen"].tolist() == suspicion["times_seen"].tolist()
+    assert train_rows["given_label"].tolist() == [names[c] for c in samples["given_label"]]
+    assert train_rows["true_label"].tolist() == [names[c] for c in samples["true_label"]]
+    np.testing.assert_array_equal(train_rows["is_noisy"].astype(bool), samples["is_noisy"])
+    assert train_rows["suggested_label"].tolist() == [names[c] if c >= 0 else np.nan for c in suspicion["suggested_label"]]
+    # The flipped training labels are what the detectors flag.
+    flagged = train_rows["is_label_issue"].astype(bool).to_numpy()
+    assert flagged[samples["is_noisy"].to_numpy()].mean() > flagged[~samples["is_noisy"].to_numpy()].mean()
+    # Images: the thumbnails of train_images.npy, upscaled by whole pixels as the probe's.
+    images = np.load(run.file("train_images.npy"))
+    factor = -(-spotlight.IMAGE_MIN_SIDE // images.shape[1])
+    for row in (0, 57, TRAIN_SIZE - 1):
+        decoded = np.asarray(Image.open(io.BytesIO(train_rows["image"][row])))
+        np.testing.assert_array_equal(decoded[::factor, ::factor], images[row])
+    # The probe's own columns are missing values on training rows.
+    assert train_rows["predicted_label"].isna().all() and train_rows["confidence"].isna().all()
+    assert train_rows["label_issue_last"].isna().all() and train_rows["first_issue_step"].isna().all()
+    assert all(value is None for column in ("frame_first", "frame_last", "embedding_last") for value in train_rows[column])
+    # ... and the training set's own columns are missing on the probe's.
+    assert table["suggested_label"].isna().all() and table["times_seen"].isna().all()
+
+
+def test_a_big_training_set_keeps_its_most_suspicious_rows(run, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setattr(spotlight, "TRAIN_ROWS_MAX", 50)
+    table = spotlight.build_table(run)
+    train = table[table["split"] == "train"]
+    ranked = pd.read_parquet(run.file("train_suspicion.parquet")).sort_values(["suspicion", "id"], ascending=[False, True])
+    assert train["id"].tolist() == sorted(ranked["id"].head(50).tolist())  # the top 50, in id order
+    assert (table["split"] == "probe").sum() == PROBE_SIZE  # the probe is never cut
+
+
+def test_training_rows_without_or_with_damaged_images(run, tmp_path):
+    copy = copy_run(run, tmp_path)
+    copy.file("train_images.npy").unlink()  # a run of the Trainer callback keeps no images
+    table = spotlight.build_table(copy)
+    train = table[table["split"] == "train"]
+    assert len(train) == TRAIN_SIZE and all(image is None for image in train["image"])
+    copy.file("train_images.npy").write_bytes(b"not an array")
+    with pytest.raises(FtvizError, match=r"train_images.npy is damaged .*rerun training$"):
+        spotlight.build_table(copy)
 
 
 # ---- layout --------------------------------------------------------------------------------
@@ -202,18 +282,18 @@ def layout_columns(node) -> set[str]:
     return found
 
 
-def test_shipped_layout_refers_only_to_table_columns_and_has_the_widgets(table):
+def test_shipped_layout_refers_only_to_table_columns_and_has_the_widgets(full_table):
     from renumics.spotlight.layout.nodes import Layout
 
     raw = json.loads(spotlight.LAYOUT_PATH.read_text())
     Layout.model_validate(raw)  # Spotlight's own schema accepts the file
-    assert layout_columns(raw) <= set(table.columns)
+    assert layout_columns(raw) <= set(full_table.columns)
     text = spotlight.LAYOUT_PATH.read_text()
     widgets = re.findall(r'"type": "(\w+)"', text)
     assert sorted(set(widgets)) == ["histogram", "inspector", "similaritymap", "table"]
     assert widgets.count("similaritymap") == 2
-    assert {"frame_first", "frame_last", "outlier_score_last", "image", "suspicion", "suspicion_rank"} \
-        <= layout_columns(raw)
+    assert {"frame_first", "frame_last", "outlier_score_last", "image", "suspicion", "suspicion_rank", "split",
+            "suggested_label"} <= layout_columns(raw)
 
 
 # ---- export --------------------------------------------------------------------------------
@@ -226,7 +306,8 @@ def test_export_writes_a_parquet_file_spotlight_reads_by_itself(run, tmp_path, c
     exported = pd.read_parquet(out)
     steps = run.snapshot_steps()
     first, last = scores_at(run, steps[0]), scores_at(run, steps[-1])
-    assert len(exported) == 200 and list(exported.columns) == EXPECTED_COLUMNS
+    assert len(exported) == PROBE_SIZE + TRAIN_SIZE and list(exported.columns) == EXPECTED_COLUMNS
+    assert exported["split"].tolist() == ["probe"] * PROBE_SIZE + ["train"] * TRAIN_SIZE
     for sample_id in (3, 50, 199):
         row = exported.iloc[sample_id]
         assert row["id"] == sample_id
@@ -236,9 +317,10 @@ def test_export_writes_a_parquet_file_spotlight_reads_by_itself(run, tmp_path, c
         assert row["label_quality_last"] == last.loc[sample_id, "label_quality"]
         assert row["confidence"] == last.loc[sample_id, "confidence"]
     frames = run.frames()
-    padded = np.stack(exported["frame_last"])
+    padded = np.stack(exported["frame_last"][:PROBE_SIZE])
     np.testing.assert_array_equal(padded[:, :2], frames[-1])
     np.testing.assert_array_equal(padded[:, 2], 0)
+    assert exported["frame_last"][PROBE_SIZE:].isna().all()  # training rows have no frame
 
     # The types Spotlight infers when it opens the file on its own (`spotlight FILE`):
     # the same data source and store its server uses, with no dtype hints.
@@ -254,6 +336,14 @@ def test_export_writes_a_parquet_file_spotlight_reads_by_itself(run, tmp_path, c
     assert kinds["first_issue_step"] == "int" and kinds["label_issue_last"] == "bool"
     assert kinds["issue_step"] == kinds["suspicion_rank"] == "int" and kinds["is_label_issue"] == "bool"
     assert kinds["suspicion"] == kinds["aum"] == "float"
+    assert kinds["split"] == kinds["suggested_label"] == "Category" and kinds["times_seen"] == "int"
+    # Values too: a training row's image, its missing probe-only cells.
+    converted = {name: store.get_converted_values(name, [0, PROBE_SIZE]) for name in
+                 ("image", "frame_last", "label_issue_last", "confidence", "predicted_label")}
+    assert all(value is not None for value in converted["image"])
+    assert converted["frame_last"][1] is None and converted["label_issue_last"][1] is None
+    assert converted["confidence"][1] is None or np.isnan(converted["confidence"][1])
+    assert converted["predicted_label"][1] == -1
 
 
 def test_export_refuses_other_formats(run, tmp_path):
@@ -395,7 +485,8 @@ def test_cli_serves_the_run_to_a_browser_and_stops_cleanly(run, tmp_path):
         # Spotlight's own API: every column has one value per probe sample.
         table = wait_for(lambda: get_json(url + "api/table/"), 60, "the table API", server)
         assert {column["name"] for column in table["columns"]} == set(EXPECTED_COLUMNS)
-        assert {len(column["values"]) for column in table["columns"]} == {200}
+        rows = PROBE_SIZE + TRAIN_SIZE
+        assert {len(column["values"]) for column in table["columns"]} == {rows}
         dtypes = {column["name"]: column["dtype"] for column in table["columns"]}
         assert dtypes["image"]["name"] == "Image"
         assert dtypes["frame_first"] == {"name": "Embedding", "length": 2}
@@ -406,12 +497,13 @@ def test_cli_serves_the_run_to_a_browser_and_stops_cleanly(run, tmp_path):
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(url)
                 # The status bar counts the rows the frontend loaded.
-                expect(page.get_by_text(re.compile(rf"\b{len(EXPECTED_COLUMNS)} cols / 200 rows\b"))).to_be_visible(timeout=120_000)
+                expect(page.get_by_text(re.compile(rf"\b{len(EXPECTED_COLUMNS)} cols / {rows} rows\b"))).to_be_visible(timeout=120_000)
                 # ftviz's layout, not Spotlight's default one.
-                for title in ("Probe samples", "First frame (aligned 2-D)", "Last frame (aligned 2-D)"):
+                for title in ("Samples", "First frame (aligned 2-D)", "Last frame (aligned 2-D)"):
                     expect(page.get_by_text(title, exact=True)).to_be_visible(timeout=30_000)
-                # Both similarity maps placed every sample from the 2-D frame embeddings.
-                expect(page.get_by_text("200 of 200 rows", exact=True)).to_have_count(2, timeout=180_000)
+                # Both similarity maps placed every probe sample from the 2-D frame embeddings
+                # (the training rows have none: Spotlight leaves them out of the map).
+                expect(page.get_by_text(f"{PROBE_SIZE} of {rows} rows", exact=True)).to_have_count(2, timeout=180_000)
             finally:
                 browser.close()
 

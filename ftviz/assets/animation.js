@@ -11,8 +11,13 @@
  * window.ftviz exposes the state for scripts and tests: ready (and readyMs, timings: ms
  * since navigation), frame (the frame shown or being moved to), settled (no move running),
  * goTo(frame, ms), play(), pause(), isPlaying(), setColorBy(mode), setFitFrames(on), setCards(kind),
- * pointsOf(frame) and displayed() (coordinates on screen), thumbnailsLoaded, draws (scatter
- * redraws so far, for measuring playback), live (a served page's run status and its updates).
+ * pointsOf(frame) and displayed() (coordinates on screen), thumbnailsLoaded (and
+ * trainThumbnailsLoaded: the training panel's sheet), draws (scatter redraws so far, for
+ * measuring playback), live (a served page's run status and its updates).
+ *
+ * The training panel (#training-card, meta.training from train_suspicion.parquet) is static:
+ * the training set's most suspicious labels, built once (and again when a live update brings
+ * a new list), not per frame.
  *
  * A page served by `ftviz serve` for a run still being analysed carries #ftviz-live (the
  * status URL): it polls that about once a second and, when the run's revision changes,
@@ -123,6 +128,7 @@
   let rafPending = false;
   let dirty = false;
   let sheet = null;
+  let trainSheet = null; // the training panel's sprite sheet (#ftviz-train-thumbnails), card j = thumbnail j
   let generated = {}; // frame index -> data URL of the generated-sample grid, read once parsed
   const stepToEval = new Map();
 
@@ -337,24 +343,26 @@
   }
 
   // ---- thumbnails -----------------------------------------------------------------------
-  function drawThumbnail(canvas, id) {
+  /** Thumbnail ``index`` of a sprite sheet (default: the probe's, index = sample id) on a
+   * canvas; the grey placeholder while the sheet loads or where there is none. */
+  function drawThumbnail(canvas, index, info = meta.thumbnails, image = sheet) {
     const context = canvas.getContext("2d");
     context.fillStyle = "#eeeeee";
     context.fillRect(0, 0, canvas.width, canvas.height);
-    const info = meta.thumbnails;
-    if (!info || !sheet || id < 0) return;
-    const sx = (id % info.columns) * info.cell;
-    const sy = Math.floor(id / info.columns) * info.cell;
+    if (!info || !image || index < 0) return;
+    const sx = (index % info.columns) * info.cell;
+    const sy = Math.floor(index / info.columns) * info.cell;
     const scale = Math.min(canvas.width / info.width, canvas.height / info.height);
     const w = info.width * scale, h = info.height * scale;
     context.imageSmoothingEnabled = info.width < canvas.width / 2;
-    context.drawImage(sheet, sx, sy, info.width, info.height, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    context.drawImage(image, sx, sy, info.width, info.height, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
   }
 
   /** Thumbnails and generated images sit after this script: read them once the parser is there. */
   function loadImages() {
     generated = JSON.parse(byId("ftviz-generated").textContent);
     if (Object.keys(generated).length) updatePanels();
+    loadTrainSheet(byId("ftviz-train-thumbnails").textContent.trim());
     const source = byId("ftviz-thumbnails").textContent.trim();
     if (!meta.thumbnails || !source) return;
     const image = new Image();
@@ -362,6 +370,24 @@
       sheet = image;
       api.thumbnailsLoaded = true;
       updateOutliers();
+    };
+    image.src = source;
+  }
+
+  /** The training panel's sheet (a data URL, or "" for none); its cards show placeholders until it loads. */
+  let trainSheetLoads = 0; // a sheet that loads after a newer one was asked for is dropped
+  function loadTrainSheet(source) {
+    const load = ++trainSheetLoads;
+    trainSheet = null;
+    api.trainThumbnailsLoaded = false;
+    drawTraining();
+    if (!meta.training || !meta.training.thumbnails || !source) return;
+    const image = new Image();
+    image.onload = () => {
+      if (load !== trainSheetLoads) return;
+      trainSheet = image;
+      api.trainThumbnailsLoaded = true;
+      drawTraining();
     };
     image.src = source;
   }
@@ -545,6 +571,45 @@
         element("div", "", "pred " + className(predictedAt(t, id))));
       entry.card.title = "sample #" + id + ": " + text + (noisy && arrays.true ? " (true label " + className(arrays.true[id]) + ")" : "");
     });
+  }
+
+  // ---- the training set's most suspicious labels (static: meta.training) ----------------------
+  function buildTraining() {
+    const training = meta.training;
+    byId("training-card").hidden = !training;
+    const container = byId("training");
+    container.replaceChildren();
+    if (!training) return;
+    byId("training-hint").textContent = training.count + " samples, " + training.flagged + " flagged; red: flagged";
+    for (const entry of training.top) {
+      const card = element("div", "outlier training-sample");
+      card.dataset.id = String(entry.id);
+      card.classList.toggle("issue", entry.flagged);
+      const canvas = document.createElement("canvas");
+      canvas.width = 104;
+      canvas.height = 104;
+      const side = element("div", "outlier-side");
+      side.append(element("div", "rank", "#" + entry.rank + " of " + training.count),
+        element("div", "score", fmt(entry.suspicion, 3)));
+      if (entry.flagged) side.appendChild(element("span", "badge issue", "issue"));
+      if (entry.noisy) side.appendChild(element("span", "badge noise", "noise"));
+      // Names as text nodes (classNamesText): a class named like markup shows as typed.
+      const labels = element("div", "outlier-labels");
+      labels.append(element("div", "sample-id", "id " + entry.id), element("div", "given", "given " + className(entry.given)),
+        element("div", "suggested", "suggested " + className(entry.suggested)));
+      card.append(canvas, side, labels);
+      card.title = "training sample #" + entry.id + ": given " + className(entry.given) + " · suggested " +
+        className(entry.suggested) + (entry.noisy && entry.true >= 0 ? " (true label " + className(entry.true) + ")" : "") +
+        (entry.issueStep !== null ? " · flagged from step " + entry.issueStep : "");
+      container.appendChild(card);
+    }
+    drawTraining();
+  }
+
+  function drawTraining() {
+    if (!meta.training) return;
+    byId("training").querySelectorAll("canvas").forEach((canvas, j) =>
+      drawThumbnail(canvas, j, meta.training.thumbnails, trainSheet));
   }
 
   function updatePanels() {
@@ -762,6 +827,7 @@
     slider.max = String(T - 1);
     buildOutlierCards();
     buildDetectors();
+    buildTraining();
     const projection = meta.projection || { method: "pca", name: "PCA" };
     byId("projection").textContent = projection.name + (projection.method === "pca" ? "" : ", each frame started from the previous one's layout");
     byId("projection").dataset.method = projection.method;
@@ -917,6 +983,8 @@
     byId("frame-slider").max = String(T - 1);
     if (cardCount() !== hadCards) buildOutlierCards();
     buildDetectors();
+    buildTraining();
+    if (payload.train_thumbnails !== undefined) loadTrainSheet(payload.train_thumbnails);
     byId("generated-card").hidden = meta.generatedFrames.length === 0;
     if (api.frame > T - 1) api.frame = T - 1;
     if (!anim) {

@@ -66,7 +66,9 @@ def render_run(run, config=None, *, output_format: str = "html", out=None, progr
     if output_format == "mp4":
         _import_imageio_ffmpeg()  # fail before loading anything
     if output_format != "html" or path.resolve() != run.file("animation.html").resolve():
-        data = load_animation_data(run)  # an extra file: the render stage's record is unchanged
+        # An extra file: the render stage's record is unchanged. Slides and panels show the
+        # probe alone, so the training set's files are not read for them.
+        data = load_animation_data(run, with_training=output_format == "html")
         if output_format == "png":
             panel_frames(data, steps)  # bad --steps fail before drawing
             return write_png(data, path, config, steps=steps)

@@ -2,6 +2,9 @@
 
 The files are read through the run's typed readers (:class:`ftviz.rundir.RunDir`: per-frame
 scores, suspicion, detectors, class names), the ones Spotlight and ``ftviz compare`` use too.
+The training set's suspicion (``train_suspicion.parquet`` with ``train_samples.parquet`` and
+``train_images.npy``) is read here, for the page and Spotlight alike
+(:func:`read_training_suspicion`, :func:`training_suspects`).
 """
 
 from __future__ import annotations
@@ -9,11 +12,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ftviz.errors import FtvizError
 from ftviz.rundir import snapshot_name
+
+TRAIN_SUSPICION = "train_suspicion.parquet"
+
+
+def suspicion_order(suspicion) -> np.ndarray:
+    """Row positions from most to least suspicious: suspicion descending, equal values in row
+    order (rows are in id order, so: then id), NaN last. The one ordering of the probe's cards,
+    the training set's cards and Spotlight's training rows.
+
+    >>> suspicion_order([0.2, float("nan"), 0.9, 0.2]).tolist()
+    [2, 0, 3, 1]
+    """
+    values = np.asarray(suspicion, dtype=np.float64)
+    return np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")
+
 
 def scores_per_frame(run, *, steps=None, n_points: int | None = None, columns=None, scores=None,
                      complete: bool = False) -> dict[str, np.ndarray]:
@@ -44,6 +63,8 @@ class AnimationData:
     generated : {frame index: PNG path} for the frames with a generated-sample grid.
     suspicion : pandas DataFrame of ``suspicion.parquet`` in id order, or None (older runs).
     detectors : pandas DataFrame of ``detectors.parquet``, or None.
+    training : :class:`TrainingSuspects`, the training set's most suspicious samples (runs
+        with ``train_suspicion.parquet``), or None. Static: not per frame.
     """
 
     name: str
@@ -72,6 +93,7 @@ class AnimationData:
     noise_rate: float = 0.0
     suspicion: object = None
     detectors: object = None
+    training: "TrainingSuspects | None" = None
 
     @property
     def n_frames(self) -> int:
@@ -99,12 +121,15 @@ class AnimationData:
         return " · ".join(parts)
 
 
-def load_animation_data(run, *, top: int | None = None, with_images: bool = True) -> AnimationData:
+def load_animation_data(run, *, top: int | None = None, with_images: bool = True,
+                        with_training: bool = True) -> AnimationData:
     """Read what the animation shows from ``run`` (a :class:`ftviz.rundir.RunDir`).
 
     Needs the train, score and project stages; raises :class:`MissingStageError` naming the
     command to run otherwise, and :class:`FtvizError` if the files disagree in shape.
-    ``suspicion.parquet`` and ``detectors.parquet`` are read when present.
+    ``suspicion.parquet`` and ``detectors.parquet`` are read when present, and with
+    ``with_training`` the training set's most suspicious samples (:func:`training_suspects`;
+    their few thumbnails are read whatever ``with_images`` says, which is about the probe's).
     """
     manifest = run.manifest()
     run.require("score")
@@ -139,7 +164,9 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
     top_ids = top_outlier_ids(per_frame["outlier_score"], manifest, top=top)
 
     dataset = manifest.get("dataset", {})
-    class_names = run.class_names(int(np.max(per_frame["predicted_label"], initial=0)) + 1, samples=samples)
+    training = training_suspects(run, top_count(manifest, top)) if with_training else None
+    labels_needed = max(int(np.max(per_frame["predicted_label"], initial=0)) + 1, training_labels(training))
+    class_names = run.class_names(labels_needed, samples=samples)
 
     generated = generated_images(run, steps)
     images = None
@@ -178,6 +205,7 @@ def load_animation_data(run, *, top: int | None = None, with_images: bool = True
         noise_rate=float(manifest.get("noise_rate") or 0.0),
         suspicion=run.suspicion(optional=True, count=n_points),
         detectors=run.detectors(),
+        training=training,
     )
 
 
@@ -192,14 +220,113 @@ def probe_labels(samples) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | N
     return given, true, noisy
 
 
+def top_count(manifest: dict, top: int | None = None) -> int:
+    """The number of cards a page shows: ``top``, else the run's ``score.top`` (at least 1)."""
+    if top is None:
+        top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
+    return max(1, int(top))
+
+
 def top_outlier_ids(outlier: np.ndarray, manifest: dict, *, top: int | None = None) -> np.ndarray:
     """(T, top) ids of each frame's most atypical samples (outlier (T, N), NaN last); ``top``
     defaults to the run's ``score.top``."""
-    if top is None:
-        top = int(manifest.get("config", {}).get("score", {}).get("top", 8))
-    top = max(1, min(top, outlier.shape[1]))
+    top = min(top_count(manifest, top), outlier.shape[1])
     ranked = np.where(np.isnan(outlier), -np.inf, outlier)
     return np.argsort(-ranked, axis=1, kind="stable")[:, :top]
+
+
+# ---- the training set (train_suspicion.parquet) ----------------------------------------------
+def read_training_suspicion(run):
+    """``train_suspicion.parquet`` joined with the labels of ``train_samples.parquet``, in id
+    order; None when the run has no such file (no training dynamics, or no detect stage yet).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per training sample: ``train_suspicion.parquet``'s columns
+    (suspicion, suspicion_rank, is_label_issue, issue_step, suggested_label, aum, ...), plus
+    ``given_label``, and ``true_label`` / ``is_noisy`` where train_samples.parquet has them,
+    plus ``row``: the sample's row in ``train_images.npy``.
+
+    Raises :class:`FtvizError` (one line naming ``ftviz detect``) when the two files disagree.
+    """
+    from ftviz.dynamics import TRAIN_SAMPLES, read_train_samples
+
+    if not run.file(TRAIN_SUSPICION).is_file():
+        return None
+    rerun = f"rerun `ftviz detect {run.path}`"
+    table = run.read_parquet(TRAIN_SUSPICION, "detect")
+    missing = [c for c in ("id", "suspicion", "is_label_issue") if c not in table]
+    if missing:
+        raise FtvizError(f"{run.path}/{TRAIN_SUSPICION} lacks the columns {', '.join(missing)}; {rerun}")
+    if not run.file(TRAIN_SAMPLES).is_file():
+        raise FtvizError(f"{run.path} has {TRAIN_SUSPICION} but no {TRAIN_SAMPLES}; {rerun}")
+    samples = read_train_samples(run)
+    table = table.sort_values("id").reset_index(drop=True)
+    ids = table["id"].to_numpy(np.int64)
+    if not np.array_equal(ids, samples["id"].to_numpy(np.int64)):
+        raise FtvizError(f"{run.path}/{TRAIN_SUSPICION} has {len(table)} rows, not one per row of "
+                         f"{TRAIN_SAMPLES} ({len(samples)}); {rerun}")
+    table["row"] = np.arange(len(table), dtype=np.int64)
+    for column in ("given_label", "true_label", "is_noisy"):
+        if column in samples and column not in table:
+            table[column] = samples[column].to_numpy()
+    return table
+
+
+class TrainingSuspects(NamedTuple):
+    """The training set's most suspicious samples, as a page's training panel shows them.
+
+    table : the ``top`` rows of :func:`read_training_suspicion`, most suspicious first
+        (:func:`suspicion_order`).
+    images : (top, h, w, 3) uint8 thumbnails of those rows (``train_images.npy``), or None
+        when the run has none.
+    count : N, the training samples; flagged : how many carry ``is_label_issue``.
+    """
+
+    table: object
+    images: np.ndarray | None
+    count: int
+    flagged: int
+
+
+def training_suspects(run, top: int, *, tolerant: bool = False) -> TrainingSuspects | None:
+    """The ``top`` most suspicious training samples with their thumbnails; None without
+    ``train_suspicion.parquet``.
+
+    ``tolerant`` (a live page, whose files may be half made): an unreadable table gives None
+    and unreadable images no images, rather than an error. Otherwise a damaged
+    ``train_images.npy`` or a table that disagrees with ``train_samples.parquet`` raises
+    :class:`FtvizError`.
+    """
+    from ftviz.dynamics import read_train_images
+
+    try:
+        table = read_training_suspicion(run)
+    except FtvizError:
+        if not tolerant:
+            raise
+        return None
+    if table is None:
+        return None
+    try:
+        # Mapped, not read: a page needs ``top`` rows of what may be 50,000 images.
+        every_image = read_train_images(run, count=len(table), mmap=True)
+    except FtvizError:
+        if not tolerant:
+            raise
+        every_image = None
+    chosen = table.iloc[suspicion_order(table["suspicion"])[: max(0, int(top))]].reset_index(drop=True)
+    images = None if every_image is None else np.asarray(every_image[chosen["row"].to_numpy(np.int64)])
+    flagged = int(table["is_label_issue"].to_numpy(dtype=bool).sum())
+    return TrainingSuspects(table=chosen, images=images, count=len(table), flagged=flagged)
+
+
+def training_labels(training: TrainingSuspects | None) -> int:
+    """1 + the largest class label ``training`` names (0 without it): the class names a page needs."""
+    if training is None or not len(training.table):
+        return 0
+    columns = [c for c in ("given_label", "true_label", "suggested_label") if c in training.table]
+    return max((int(training.table[c].max()) + 1 for c in columns), default=0)
 
 
 def generated_images(run, steps) -> dict:

@@ -10,7 +10,8 @@ immutable file per frame and stage (written atomically)::
 
 A frame is analysed when both of its files exist. :func:`live_animation_data` reads those
 frames (in snapshot order), with ``metrics.parquet``, ``samples.parquet``,
-``probe_images.npy`` and ``suspicion.parquet`` as far as they exist, into the same
+``probe_images.npy``, ``suspicion.parquet`` and the training set's ``train_suspicion.parquet``
+(with ``train_images.npy``) as far as they exist, into the same
 :class:`~ftviz.render.data.AnimationData` the final page is made from; :func:`page_payload`
 is that page's data without the page (what a live page fetches to grow in place).
 
@@ -28,7 +29,7 @@ import numpy as np
 from ftviz.errors import FtvizError
 from ftviz.rundir import snapshot_name
 from ftviz.render.data import (AnimationData, _epochs_at, _metric_columns, generated_images, probe_labels,
-                               projection_info, top_outlier_ids)
+                               projection_info, top_count, top_outlier_ids, training_labels, training_suspects)
 
 ANALYSIS_DIR = "analysis"
 STEP_FILE = re.compile(r"^step-(\d{7})\.npz$")
@@ -93,7 +94,10 @@ def live_animation_data(run, manifest: dict | None = None, *, with_images: bool 
     top_ids = top_outlier_ids(outlier, manifest)
 
     dataset = manifest.get("dataset", {})
-    class_names = run.class_names(int(predicted.max(initial=0)) + 1, samples=samples)
+    # The training set's panel as far as the detect stage has made it (tolerant: the files
+    # may be mid-write or mid-redo; the panel appears at the next look).
+    training = training_suspects(run, top_count(manifest), tolerant=True)
+    class_names = run.class_names(max(int(predicted.max(initial=0)) + 1, training_labels(training)), samples=samples)
 
     metrics = _metrics_so_far(run)
     diagnostics = {key: np.array([frame[key] for frame in frames], dtype=np.float64) for key in DIAGNOSTIC_KEYS}
@@ -125,6 +129,7 @@ def live_animation_data(run, manifest: dict | None = None, *, with_images: bool 
         noise_rate=float(manifest.get("noise_rate") or 0.0),
         suspicion=_suspicion_so_far(run, n_points),
         detectors=_detectors_so_far(run),
+        training=training,
     )
 
 
@@ -196,21 +201,27 @@ def render_config(manifest: dict):
 
 
 def page_payload(data: AnimationData, config=None) -> dict:
-    """The page's data without the page: {"meta": dict, "points": base64 str, "generated": dict}.
+    """The page's data without the page: {"meta": dict, "points": base64 str, "generated": dict,
+    "train_thumbnails": data URL or ""}.
 
-    The same codec and metadata as :func:`ftviz.render.page.build_page`, without thumbnails:
-    a live page keeps the sprite sheet it loaded with (the probe does not change).
+    The same codec and metadata as :func:`ftviz.render.page.build_page`, without the probe's
+    thumbnails: a live page keeps the sprite sheet it loaded with (the probe does not change).
+    The training panel's few thumbnails do come along (``train_thumbnails``): which training
+    samples it lists can change until the detect stage is done.
     Coordinates are quantised afresh over the frames so far on every call (the grid of the
     codec covers all of them), so each payload stands alone.
     """
     from ftviz.render.options import render_options
-    from ftviz.render.page import _data_url, pack_points, page_meta
+    from ftviz.render.page import _data_url, pack_points, page_meta, training_sheet
 
+    options = render_options(config)
     points = pack_points(data)
+    training_thumbnails, training_text = training_sheet(data, options)
     return {
-        "meta": page_meta(data, render_options(config), points, None),
+        "meta": page_meta(data, options, points, None, training_thumbnails),
         "points": points.text,
         "generated": {str(i): _data_url(path.read_bytes(), "image/png") for i, path in sorted(data.generated.items())},
+        "train_thumbnails": training_text,
     }
 
 

@@ -13,10 +13,13 @@ The page embeds plotly.js, so it opens offline from the file, and shows, frame b
 - the projection diagnostics (Procrustes disparity to the previous frame, kNN overlap,
   explained variance), to tell real change from projection artefacts;
 - the detector table (with ``detectors.parquet``: noise was injected);
-- the generated-sample grid of the frame, where the run has ``generated/step-XXXXXXX.png``.
+- the generated-sample grid of the frame, where the run has ``generated/step-XXXXXXX.png``;
+- the training set's most suspicious labels (with ``train_suspicion.parquet``): a static panel
+  of cards with thumbnail (``train_images.npy``), id, given and suggested label, suspicion.
 
 Per-point data is packed by :mod:`ftviz.render.codec`. Thumbnails are one sprite sheet
-(PNG or JPEG, whichever is smaller), cropped on a canvas when shown.
+(PNG or JPEG, whichever is smaller), cropped on a canvas when shown; the training panel's few
+thumbnails are a second, small sheet made the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ftviz.render.codec import (
     quantise_coordinates,
     quantise_unit,
 )
-from ftviz.render.data import AnimationData
+from ftviz.render.data import AnimationData, suspicion_order
 from ftviz.render.options import COLOR_MODES, available_modes, render_options
 
 THUMBNAIL_BUDGET_PIXELS = 6_000_000  # thumbnail area over the whole probe (10,000 x 24 px squared)
@@ -170,7 +173,7 @@ def suspicion_meta(data: AnimationData, top: int) -> dict | None:
     if table is None:
         return None
     suspicion = table["suspicion"].to_numpy(dtype=np.float64)
-    order = np.argsort(-np.where(np.isfinite(suspicion), suspicion, -np.inf), kind="stable")
+    order = suspicion_order(suspicion)
     reserved = {"id", "suspicion", "is_label_issue", "issue_step"}
     detectors = [c for c in table.columns if c not in reserved and table[c].dtype.kind == "f"]
     ranks = {}
@@ -193,6 +196,57 @@ def suspicion_meta(data: AnimationData, top: int) -> dict | None:
             "detector": best, "detectorRank": int(ranks[best][index]) if best else None,
         })
     return {"top": listed, "detectors": detectors, "flagged": int(flagged.sum())}
+
+
+def _label(value) -> int:
+    """A class label for the page: -1 where it is missing (the page shows "–")."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return -1
+    return int(value) if math.isfinite(value) and value >= 0 else -1
+
+
+def training_meta(data: AnimationData) -> dict | None:
+    """What the page's training panel lists (``data.training``), or None: the run has no
+    ``train_suspicion.parquet``.
+
+    {"count": N training samples, "flagged": how many are flagged, "thumbnails": the panel's
+    sprite sheet info (set by :func:`training_sheet`; None without images), "top": one dict
+    per card, most suspicious first: id, rank, suspicion, flagged, given, suggested (class
+    labels; -1 where unknown), true (-1 where unknown), noisy (None where unknown),
+    issueStep (None if never)}. Labels travel as numbers: the page shows the class names as
+    text (``classNamesText``).
+    """
+    training = data.training
+    if training is None:
+        return None
+    table = training.table
+    top = []
+    for rank, record in enumerate(table.to_dict("records"), start=1):
+        noisy = record.get("is_noisy")
+        step = record.get("issue_step")
+        top.append({
+            "id": int(record["id"]), "rank": rank, "suspicion": _finite(record["suspicion"], SHOWN_EXACTLY),
+            "flagged": bool(record.get("is_label_issue", False)),
+            "given": _label(record.get("given_label")), "suggested": _label(record.get("suggested_label")),
+            "true": _label(record.get("true_label")),
+            "noisy": None if noisy is None or _label(noisy) < 0 else bool(noisy),
+            "issueStep": None if _label(step) < 0 else int(step),
+        })
+    return {"count": int(training.count), "flagged": int(training.flagged), "thumbnails": None, "top": top}
+
+
+def training_sheet(data: AnimationData, options: dict) -> tuple[dict | None, str]:
+    """The training panel's thumbnails as one sprite sheet, thumbnail j = card j:
+    (:func:`sprite_sheet` info, its data URL), or (None, "") without images or with
+    thumbnails off."""
+    training = data.training
+    if not options["thumbnails"] or training is None or training.images is None or not len(training.images):
+        return None, ""
+    sheet, info = sprite_sheet(training.images, max_size=int(options["thumbnail_size"]),
+                               image_format=str(options["thumbnail_format"]))
+    return info, _data_url(sheet, info["mime"])
 
 
 def detector_rows(data: AnimationData) -> list[dict] | None:
@@ -238,15 +292,16 @@ def build_page(data: AnimationData, config=None) -> tuple[str, dict]:
     page : the HTML text.
     sizes : bytes of each part, measured in the page text: {"total", "plotlyjs",
         "points" (the #ftviz-points element's text: per-point data, base64), "thumbnails",
-        "generated", "meta" (the #ftviz-meta JSON), "other"} and "bytes_per_point_frame"
-        ((total - plotlyjs - thumbnails - generated) / (N T): the page's size budget),
-        "coordinate_bytes_per_point_frame".
+        "train_thumbnails", "generated", "meta" (the #ftviz-meta JSON), "other"} and
+        "bytes_per_point_frame" ((total - plotlyjs - thumbnails - train_thumbnails -
+        generated) / (N T): the page's size budget), "coordinate_bytes_per_point_frame".
     """
     options = render_options(config)
     points = pack_points(data)
     thumbnails, thumbnail_text = _thumbnail_sheet(data, options)
-    meta = page_meta(data, options, points, thumbnails)
-    page = _fill_page(data, meta, points.text, thumbnail_text)
+    training_thumbnails, training_text = training_sheet(data, options)
+    meta = page_meta(data, options, points, thumbnails, training_thumbnails)
+    page = _fill_page(data, meta, points.text, thumbnail_text, training_text)
     return page, _page_sizes(page, points.descriptors, data.n_points * data.n_frames)
 
 
@@ -294,12 +349,15 @@ def _thumbnail_sheet(data: AnimationData, options: dict) -> tuple[dict | None, s
     return info, _data_url(sheet, info["mime"])
 
 
-def page_meta(data: AnimationData, options: dict, points: PackedPoints, thumbnails: dict | None) -> dict:
+def page_meta(data: AnimationData, options: dict, points: PackedPoints, thumbnails: dict | None,
+              training_thumbnails: dict | None = None) -> dict:
     """The #ftviz-meta JSON: everything the page's script reads besides the packed points.
 
     Names people chose (class names) come twice: ``classNames`` HTML-escaped, for plotly,
     which reads tags in its labels (a class named ``<a href=...>`` would become a live link in
-    the legend), and ``classNamesText`` as they are, for text nodes.
+    the legend), and ``classNamesText`` as they are, for text nodes (the cards, the tooltip
+    and the training panel, whose labels travel as class numbers).
+    ``training_thumbnails`` : the training panel's sheet info (:func:`training_sheet`).
     """
     n_classes = len(data.class_names)
     outlier_finite = data.outlier[np.isfinite(data.outlier)]
@@ -308,6 +366,9 @@ def page_meta(data: AnimationData, options: dict, points: PackedPoints, thumbnai
     modes = available_modes(data)
     color_by = options["color_by"] if options["color_by"] in modes else "label"
     top = int(data.top.shape[1])
+    training = training_meta(data)
+    if training is not None:
+        training["thumbnails"] = training_thumbnails
     return {
         "title": data.title,
         "subtitle": data.subtitle,
@@ -337,6 +398,7 @@ def page_meta(data: AnimationData, options: dict, points: PackedPoints, thumbnai
         "coordinateBits": COORDINATE_BITS,
         "suspicion": suspicion_meta(data, top),
         "detectors": detector_rows(data),
+        "training": training,
         "thumbnails": thumbnails,
         "palette": class_colours(n_classes),
         "outlierColorscale": [list(stop) for stop in OUTLIER_COLORSCALE],
@@ -365,7 +427,8 @@ def plotly_text(name: str) -> str:
     return html.escape(str(name), quote=False)
 
 
-def _fill_page(data: AnimationData, meta: dict, points_text: str, thumbnail_text: str) -> str:
+def _fill_page(data: AnimationData, meta: dict, points_text: str, thumbnail_text: str,
+               training_text: str = "") -> str:
     """The template with every marker replaced: markup escaped, JSON made safe for <script>."""
     from importlib.resources import files
 
@@ -382,6 +445,7 @@ def _fill_page(data: AnimationData, meta: dict, points_text: str, thumbnail_text
         "{{META}}": _json_for_script(meta),
         "{{POINTS}}": points_text,
         "{{THUMBNAILS}}": thumbnail_text,
+        "{{TRAIN_THUMBNAILS}}": training_text,
         "{{GENERATED}}": _json_for_script(generated_urls),
         "/*{{APP}}*/": compact_script((assets / "animation.js").read_text(encoding="utf-8")),
         "/*{{PLOTLYJS}}*/": get_plotlyjs(),
@@ -395,7 +459,7 @@ def _page_sizes(page: str, descriptors: list, point_frames: int) -> dict:
     point_frames = max(1, point_frames)
     # The page's budget: everything but plotly.js and the images, per point and frame.
     sizes["bytes_per_point_frame"] = (sizes["total"] - sizes["plotlyjs"] - sizes["thumbnails"]
-                                      - sizes["generated"]) / point_frames
+                                      - sizes["train_thumbnails"] - sizes["generated"]) / point_frames
     # base64 turns 3 bytes into 4: the coordinates' share of the embedded text.
     sizes["coordinate_bytes_per_point_frame"] = descriptors[0]["bytes"] * 4 / 3 / point_frames
     return sizes
@@ -404,8 +468,9 @@ def _page_sizes(page: str, descriptors: list, point_frames: int) -> dict:
 def measure_page(page: str) -> dict:
     """Bytes (UTF-8) of a page's parts, found in the page text itself.
 
-    {"total", "plotlyjs", "points", "meta", "thumbnails", "generated", "other"}; "other" is
-    what is left (markup, CSS, the page's script), so the parts add up to the total.
+    {"total", "plotlyjs", "points", "meta", "thumbnails", "train_thumbnails", "generated",
+    "other"}; "other" is what is left (markup, CSS, the page's script), so the parts add up to
+    the total.
     """
     import re
 
@@ -418,6 +483,7 @@ def measure_page(page: str) -> dict:
         "points": element(r'<script type="application/octet-stream" id="ftviz-points">(.*?)</script>'),
         "meta": element(r'<script type="application/json" id="ftviz-meta">(.*?)</script>'),
         "thumbnails": element(r'<script type="text/plain" id="ftviz-thumbnails">(.*?)</script>'),
+        "train_thumbnails": element(r'<script type="text/plain" id="ftviz-train-thumbnails">(.*?)</script>'),
         "generated": element(r'<script type="application/json" id="ftviz-generated">(.*?)</script>'),
         "plotlyjs": element(r"<script id=\"ftviz-plotlyjs\">\n(.*?)\n</script>"),
     }
