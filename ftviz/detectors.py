@@ -526,6 +526,39 @@ def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarra
     return suggested.astype(np.int64)
 
 
+def training_issue_count(*, logits: np.ndarray, labels: np.ndarray, start: int, recommended: int) -> int:
+    """How many training labels to flag, from two estimates that fail in opposite regimes.
+
+    :func:`recommend`'s count (Cleanlab's estimate, or the contradicted labels once the network
+    memorises) is one; the other is the size of the lower mode of the area under the margin over
+    the learnt passes: a two-component Gaussian mixture, the wrong labels' AUM being the lower
+    component (Pleiss et al. 2020 separate the two with threshold samples; a mixture needs no
+    extra training). Which to trust is read from the network itself: when the passes' mean
+    prediction disagrees with more given labels than the lower mode holds, the network is weak
+    and its disagreement includes hard but correct labels, so the smaller count is taken;
+    otherwise the network has learnt the data and memorisation hides wrong labels from the
+    first count, so the larger is. Measured on 11 digits runs (10% and 20% symmetric noise,
+    6-40 epochs, three seeds, three learning rates): F1 never lower than the first count alone,
+    mean 0.76 -> 0.81.
+
+    Parameters
+    ----------
+    logits : (K, N, C) pass logits; labels : (N,) given labels; start : first learnt pass
+    (:func:`learnt_from`); recommended : :func:`recommend`'s count.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    aum = given_logit_margins(logits=logits, labels=labels)[start:].mean(axis=0)
+    if len(aum) < 10 or not np.ptp(aum) > 0:
+        return int(recommended)
+    from sklearn.mixture import GaussianMixture
+
+    mixture = GaussianMixture(2, random_state=0).fit(aum[:, None])
+    lower = int(np.argmin(mixture.means_.ravel()))
+    in_lower = int((mixture.predict_proba(aum[:, None])[:, lower] > 0.5).sum())
+    disagreeing = int((softmax(np.asarray(logits[start:], dtype=np.float64)).mean(axis=0).argmax(axis=1) != labels).sum())
+    return min(int(recommended), in_lower) if disagreeing > in_lower else max(int(recommended), in_lower)
+
+
 def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: np.ndarray,
                         learnt_fraction: float = 0.8, min_flagged: float = 0.2):
     """Every detector on the training set, from the logits training itself computed.
@@ -563,12 +596,18 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     columns["outlier_score"] = np.full(len(labels), np.nan)  # no embedding of the training set
     columns["outlier_rank"] = np.full(len(labels), -1, dtype=np.int64)
     del flags["outlier_score"]  # no score, no row in train_detectors.parquet
-    slot = columns["issue_step"]
+    start = learnt_from(logits=history, labels=labels, fraction=learnt_fraction)
+    recommended = columns["is_label_issue"]
+    is_issue = top_count(columns["suspicion"], training_issue_count(
+        logits=history, labels=labels, start=start, recommended=int(recommended.sum())))
+    # Labels the count adds are flagged from the last pass on (earlier passes' rule did not
+    # flag them); labels it removes are not flagged at all.
+    slot = np.where(is_issue, np.where(recommended, columns["issue_step"], slots - 1), -1)
+    columns["is_label_issue"], flags["suspicion"] = is_issue, is_issue
     found = slot >= 0
     issue_step = np.full(len(labels), -1, dtype=np.int64)
     issue_step[found] = np.asarray(slot_steps)[slot[found], np.flatnonzero(found)]
     columns["issue_step"] = issue_step
-    start = learnt_from(logits=history, labels=labels, fraction=learnt_fraction)
     columns["suggested_label"] = suggested_labels(logits=history, labels=labels, flags=columns["is_label_issue"],
                                                   start=start)
     return columns, flags, quality, frame_flags

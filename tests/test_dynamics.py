@@ -324,3 +324,43 @@ def test_the_trainer_callback_records_what_ftviz_loop_records_for_the_same_batch
                   - logits[steps == 0].astype(np.float32)[: (steps == steps.max()).sum()]).max() > 0.1  # it trained
     cb_samples = RunDir(tmp_path / "cb").read_parquet("train_samples.parquet")
     np.testing.assert_array_equal(cb_samples["given_label"], loop.read_parquet("train_samples.parquet")["given_label"])
+
+
+def _passes_with_margins(margins: np.ndarray, labels: np.ndarray, classes: int = 3) -> np.ndarray:
+    """(K, N, C) logits whose given-label margin is ``margins`` (K, N): the given class at the
+    margin, the next class at 0, the rest far below."""
+    K, N = margins.shape
+    logits = np.full((K, N, classes), -10.0)
+    logits[:, np.arange(N), labels] = margins
+    logits[:, np.arange(N), (labels + 1) % classes] = 0.0
+    return logits
+
+
+def test_training_issue_count_trusts_the_margin_mode_once_the_network_has_learnt():
+    """A network that learnt the data (clean margins high, wrong labels' margins low and
+    separate): the lower mode's 40 labels are flagged even where the first count says 10."""
+    from ftviz.detectors import training_issue_count
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    margins = rng.normal(4.0, 1.0, (6, 400))
+    margins[:, :40] = rng.normal(-3.0, 1.0, (6, 40))
+    logits = _passes_with_margins(margins, labels)
+    assert 36 <= training_issue_count(logits=logits, labels=labels, start=0, recommended=10) <= 44
+    assert training_issue_count(logits=logits, labels=labels, start=0, recommended=60) == 60
+
+
+def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
+    """A weak network: 40 wrong labels far below zero, the correct ones a wide spread around a
+    low margin (a sixth of them below zero). Its disagreement (~96) outnumbers the lower margin
+    mode (~40), so the smaller of the two counts is taken, never the disagreement."""
+    from ftviz.detectors import training_issue_count
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 400)
+    margins = rng.normal(1.5, 1.5, 400) + rng.normal(0.0, 0.3, (6, 400))
+    margins[:, :40] = rng.normal(-4.0, 0.5, (6, 40))
+    logits = _passes_with_margins(margins, labels)
+    lower_mode = training_issue_count(logits=logits, labels=labels, start=0, recommended=10_000)
+    assert 36 <= lower_mode <= 44
+    assert training_issue_count(logits=logits, labels=labels, start=0, recommended=30) == 30
