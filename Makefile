@@ -11,7 +11,7 @@ RUN    ?= runs/vit-digits
 RUNS   ?= runs/vit-digits runs/swin-digits runs/ddpm-digits runs/sd-digits
 COMMA  := ,
 # ftviz with the given extras, never replacing the installed torch: uv, else pip.
-INSTALL = { test -x $(BIN)/uv && $(BIN)/uv pip install -q --python $(BIN)/python --constraint $(VENV)/torch-constraint.txt -e ".[$(1)]"; } \
+INSTALL = { test -x $(BIN)/uv && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --constraint $(VENV)/torch-constraint.txt -e ".[$(1)]"; } \
           || $(BIN)/pip install -q --constraint $(VENV)/torch-constraint.txt -e ".[$(1)]"
 
 .PHONY: install animate test test-fast spotlight compare bench browser clean
