@@ -75,7 +75,28 @@ def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.
         )
     if log is not None:
         log(f"ftviz: following the run as it trains (pid {process.pid}, {follower_threads} thread(s))")
+    _import_later_stages()
     return process
+
+
+# What training's process runs once training ends (score, detect, render): imported while it
+# trains, so the seconds between the last snapshot and the page are not spent on imports.
+LATER_STAGE_MODULES = ("ftviz.quality", "ftviz.detectors", "cleanlab.filter", "cleanlab.count", "sklearn.mixture",
+                       "ftviz.project", "ftviz.render.page")
+
+
+def _import_later_stages() -> None:
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in LATER_STAGE_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # an extra not installed: the stage says so when it runs
+                pass
+
+    threading.Thread(target=run, name="ftviz-import-later-stages", daemon=True).start()
 
 
 def wait_for_follower(process: subprocess.Popen | None, *, timeout_s: float | None = None) -> bool:
@@ -87,6 +108,22 @@ def wait_for_follower(process: subprocess.Popen | None, *, timeout_s: float | No
     except subprocess.TimeoutExpired:
         stop_follower(process)
         return False
+
+
+def finish_after_training(run: RunDir, config, follower: subprocess.Popen | None, *, progress: bool = True,
+                          log=print) -> None:
+    """Training is marked done: the later stages, beside the follower while it ends.
+
+    Score and detect read the snapshots and the per-frame scores only, so they run while the
+    follower makes its last frame and settles it (a frame both score is the same file, written
+    atomically); the projection waits for the follower's chain of frames, then render.
+    """
+    from ftviz.stages import continue_run
+
+    if follower is not None:
+        continue_run(run, config, progress=progress, log=log, before="project")
+    wait_for_follower(follower)
+    continue_run(run, config, progress=progress, log=log)
 
 
 def stop_follower(process: subprocess.Popen | None) -> None:
@@ -133,9 +170,14 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
             score_frames(run, config.score, new)
             scored.update(new)
             if following_projection and steps != projected:
-                following_projection = project_frames(run, config.project, steps, final=False, collect=False) is not None
+                # Training was done before the steps were read: these are all of them, so the
+                # last frame's settle (project.last_iter) is made here too, not in the stage after.
+                following_projection = project_frames(run, config.project, steps, final=status == "done",
+                                                      collect=False) is not None
                 projected = list(steps)
-            if len(scored) - detected_at >= DETECT_EVERY:  # the suspicion cards, refreshed now and then
+            # The suspicion cards, refreshed now and then while training runs; once it is done
+            # the detect stage writes the final ones (beside this process: never overwrite them).
+            if status != "done" and len(scored) - detected_at >= DETECT_EVERY:
                 if interim_suspicion(run, config.detect, config.score, sorted(scored)):
                     detected_at = len(scored)
             log(f"follow: {len(new)} frame(s) to step {new[-1]} in {time.perf_counter() - started:.2f} s")
@@ -186,4 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Every file is written and closed (atomic renames): skip the interpreter's teardown of
+    # torch, openTSNE and cleanlab (about a second) that training's process would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

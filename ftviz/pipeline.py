@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from ftviz.rundir import RunDir
-from ftviz.stages import continue_run
 
 
 def run_experiment(config, *, force: bool = False, progress: bool = True, log=print) -> RunDir:
@@ -16,7 +15,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     from ftviz.config import check_probe_size
     from ftviz.data import load_splits
     from ftviz.embed import resolve_device
-    from ftviz.follow import start_follower, stop_follower, wait_for_follower
+    from ftviz.follow import finish_after_training, start_follower, stop_follower
     from ftviz.models import create_model
     from ftviz.runs import Probe, new_run_manifest, open_run, run_path
     from ftviz.train import train
@@ -65,7 +64,6 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
             raise
     if rank != 0:
         return run
-    wait_for_follower(follower)
-    continue_run(run, config, progress=progress, log=log)
+    finish_after_training(run, config, follower, progress=progress, log=log)
     log(f"ftviz: done in {time.perf_counter() - started:.1f} s")
     return run

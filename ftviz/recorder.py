@@ -289,16 +289,18 @@ class Recorder:
         """
         if not self.is_main:
             return self.run
-        from ftviz.stages import continue_run
-
         self.write_metrics()
         if self.run.stage_status("train") != "done":
             final = next((r for r in reversed(self.rows) if r["split"] == self.probe_split), {})
             self.run.mark_stage("train", "done", snapshots=len(self.snapshot_steps),
                                 final_true_accuracy=final.get("true_accuracy"), **train_info)
-        self.wait_for_analysis()  # the follower finishes the frames left; the stages assemble them
-        if later_stages:
-            continue_run(self.run, self.config, progress=progress, log=log)
+        if later_stages:  # the follower finishes the frames left; the stages assemble them
+            from ftviz.follow import finish_after_training
+
+            follower, self._follower = self._follower, None
+            finish_after_training(self.run, self.config, follower, progress=progress, log=log)
+        else:
+            self.wait_for_analysis()
         return self.run
 
     def wait_for_analysis(self) -> None:

@@ -32,9 +32,12 @@ def run_stage(run: RunDir, name: str, config, *, progress: bool = True, **option
     return runner(run, section, progress=progress, **options)
 
 
-def continue_run(run: RunDir, config, *, progress: bool = True, log=print) -> None:
-    """Every stage after training that is not done yet, in table order."""
+def continue_run(run: RunDir, config, *, progress: bool = True, log=print, before: str | None = None) -> None:
+    """Every stage after training that is not done yet, in table order (up to ``before``,
+    excluded, when given)."""
     for stage in STAGES:
+        if stage.name == before:
+            return
         if stage.runner is None or run.stage_status(stage.name) == "done":
             continue
         result = run_stage(run, stage.name, config, progress=progress)
