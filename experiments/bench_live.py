@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,85 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
           f"{max(done_at.values()) - training_end:.1f} |")
 
 
+# ---- 3. the served page in a real browser while the default run trains ----------------------
+def bench_browser(chromium: str) -> None:
+    """``ftviz run`` (followed) and ``ftviz serve`` side by side, the run's page open in headless
+    Chromium: for every frame, the seconds from its snapshot file landing to the page showing
+    it (the page's ``meta.T`` growing, read every 0.1 s); and the index's live/finished states."""
+    import socket
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    out = Path(tempfile.mkdtemp(prefix="bench-live-browser-"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+
+    def status():
+        try:
+            with urllib.request.urlopen(url + "api/runs/browser", timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return None
+
+    server = subprocess.Popen([sys.executable, "-m", "ftviz.cli", "serve", str(out), "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    training = subprocess.Popen([sys.executable, "-m", "ftviz.cli", "run", "experiments/default.toml", "-q",
+                                 "--set", f"out_dir={out}", "--set", "name=browser"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL)
+    seen: dict[int, float] = {}  # frame index -> wall time the page first showed it
+    states: list[str] = []
+    try:
+        while not (status() or {}).get("frames"):
+            time.sleep(0.2)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 800})
+            page.goto(url + "runs/browser/")
+            page.wait_for_function("window.ftviz && window.ftviz.ready", timeout=120_000)
+            last_state_check = 0.0
+            while True:
+                now = time.time()
+                shown = page.evaluate("window.ftviz.meta.T")
+                for t in range(shown):
+                    seen.setdefault(t, now)
+                if now - last_state_check > 1.0:
+                    last_state_check = now
+                    current = status() or {}
+                    state = "live" if current.get("live") else current.get("state", "?")
+                    if not states or states[-1] != state:
+                        states.append(state)
+                    if training.poll() is not None and page.evaluate("window.ftviz.live && window.ftviz.live.state") \
+                            == "finished":
+                        break
+                time.sleep(0.1)
+            steps = page.evaluate("window.ftviz.meta.steps")
+            browser.close()
+    finally:
+        training.wait()
+        server.terminate()
+        server.wait(timeout=30)
+    run = out / "browser"
+    latencies = []
+    for t, shown_at in sorted(seen.items()):
+        landed = (run / "snapshots" / f"step-{steps[t]:07d}.npz").stat().st_mtime
+        if shown_at - landed > 0 and t > 0:  # frame 0 was there before the page opened
+            latencies.append(shown_at - landed)
+    latencies = np.array(latencies)
+    print(f"\nserved page in headless Chromium while `make animate`'s run trains ({cpu_name()}, "
+          f"{os.cpu_count()} cores): {len(steps)} frames, {len(latencies)} seen arriving\n")
+    print("| snapshot landed -> frame on the page | median (s) | 90th percentile (s) | max (s) |")
+    print("|---|---:|---:|---:|")
+    print(f"| followed run, page polling once a second | {np.median(latencies):.2f} | "
+          f"{np.percentile(latencies, 90):.2f} | {latencies.max():.2f} |")
+    print(f"\nthe run's state on the index (/api/runs/browser), in order: {' -> '.join(states)}")
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2)
@@ -162,7 +242,12 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--method", default="tsne", choices=("pca", "tsne"))
     parser.add_argument("--gpu", action="store_true", help="split cores as for GPU training")
+    parser.add_argument("--browser", action="store_true", help="only the served page in Chromium (section 3)")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
+    if args.browser:
+        bench_browser(args.chromium)
+        return
     if not args.skip_default:
         bench_default(args.pairs)
     if not args.skip_scale:

@@ -122,6 +122,10 @@ def finish_after_training(run: RunDir, config, follower: subprocess.Popen | None
 
     if follower is not None:
         continue_run(run, config, progress=progress, log=log, before="project")
+        if run.stage_status("project") != "done":
+            # The follower's last frames are the projection's work: recorded as running (with
+            # this pid), so `ftviz serve` reads "analysing", and "interrupted" if this dies.
+            run.mark_stage("project", "running")
     wait_for_follower(follower)
     continue_run(run, config, progress=progress, log=log)
 
