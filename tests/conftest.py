@@ -52,6 +52,17 @@ def tiny_config(tmp_path, name: str = "tiny", **sections):
     return ExperimentConfig.from_dict(values)
 
 
+def random_pixels(model, batch: int = 6, seed: int = 0):
+    """A batch of random uint8 images at ``model.image_size``, through the model's preprocess:
+    (batch, 3, size, size) float32."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, model.image_size, model.image_size, 3), generator=generator,
+                           dtype=torch.uint8)
+    return model.preprocess(images)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A complete run directory (train, score, project, render done) shared by the session.

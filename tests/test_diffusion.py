@@ -10,7 +10,7 @@ import torch
 
 from ftviz.errors import FtvizError
 from ftviz.models import create_model
-from tests.conftest import tiny_config
+from tests.conftest import random_pixels, tiny_config
 
 # Two levels (16, 32 channels) at 16 px: a forward pass of a few milliseconds.
 TINY_UNET = {"block_out_channels": [16, 32]}
@@ -21,15 +21,9 @@ def _model(**options):
     return create_model("ddpm_tiny", num_classes=4, image_size=16, **{**TINY_UNET, **options})
 
 
-def _pixels(model, batch=6, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 16, 16, 3), generator=generator, dtype=torch.uint8)
-    return model.preprocess(images)
-
-
 def test_embedding_is_the_pooled_mid_block_of_the_clean_image_at_t0_with_the_null_class():
     model = _model().eval()
-    pixels = _pixels(model)
+    pixels = random_pixels(model)
     captured = {}
     handle = model.unet.mid_block.register_forward_hook(lambda m, i, o: captured.update(mid=o))
     with torch.inference_mode():
@@ -46,7 +40,7 @@ def test_training_loss_is_the_denoising_mse_and_the_probe_leaves_the_unet_alone(
     with_probe = _model()
     without = copy.deepcopy(with_probe)
     without.probe_head = None
-    pixels, labels = _pixels(with_probe), torch.tensor([0, 1, 2, 3, 0, 1])
+    pixels, labels = random_pixels(with_probe), torch.tensor([0, 1, 2, 3, 0, 1])
     losses = []
     for model in (with_probe, without):
         torch.manual_seed(7)  # the same noise, timesteps and label dropout for both
@@ -83,11 +77,11 @@ def test_the_probe_learns_the_labels_from_the_features():
 
 def test_probe_head_false_has_no_logits():
     model = _model(probe_head=False)
-    features = model.features(_pixels(model))
+    features = model.features(random_pixels(model))
     assert features.shape == (6, 32)
     with pytest.raises(FtvizError, match="probe_head = false.*no classifier"):
-        model.embed(_pixels(model))
-    loss = model.training_loss(_pixels(model), torch.zeros(6, dtype=torch.long))
+        model.embed(random_pixels(model))
+    loss = model.training_loss(random_pixels(model), torch.zeros(6, dtype=torch.long))
     assert torch.isfinite(loss)
 
 
@@ -179,7 +173,7 @@ def test_classifier_free_guidance_mixes_the_conditional_and_unconditional_predic
 
 def test_save_and_load_gives_the_same_embeddings_and_logits(tmp_path):
     model = _model()
-    pixels = _pixels(model)
+    pixels = random_pixels(model)
     model.training_loss(pixels, torch.tensor([0, 1, 2, 3, 0, 1]))  # gives the probe its statistics
     model.eval()
     model.save_pretrained(tmp_path)
@@ -209,7 +203,7 @@ def test_load_refuses_a_probe_head_that_holds_code(tmp_path):
     """probe_head.pt is read with weights_only=True: a shared model folder whose head file
     carries a pickled call is refused with one line, and the call never runs."""
     model = _model()
-    model.training_loss(_pixels(model), torch.tensor([0, 1, 2, 3, 0, 1]))
+    model.training_loss(random_pixels(model), torch.tensor([0, 1, 2, 3, 0, 1]))
     model.save_pretrained(tmp_path / "model")
     head = tmp_path / "model" / "probe_head.pt"
     saved = torch.load(head, weights_only=True)

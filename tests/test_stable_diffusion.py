@@ -15,6 +15,7 @@ import torch
 from ftviz.errors import FtvizError
 from ftviz.models import create_model
 from ftviz.models.stable_diffusion import PARTS, make_tokenizer
+from tests.conftest import random_pixels
 
 # Two levels everywhere, 8 px images (4x4 latents): a training step of a few milliseconds.
 TINY = {"vae_channels": [8, 16], "unet_channels": [16, 32], "text_width": 32, "resolution": 8}
@@ -24,12 +25,6 @@ CLASS_NAMES = ["cat", "dog", "ship"]
 def _tiny(**options):
     torch.manual_seed(0)
     return create_model("sd_tiny", num_classes=3, image_size=8, **{**TINY, **options})
-
-
-def _pixels(model, batch=6, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 8, 8, 3), generator=generator, dtype=torch.uint8)
-    return model.preprocess(images)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def _train(model, steps=3):
     model.train()
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     for step in range(steps):
-        model.training_loss(_pixels(model, seed=step), labels).backward()
+        model.training_loss(random_pixels(model, seed=step), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
 
@@ -75,7 +70,7 @@ def test_a_folder_loads_by_path_and_trains_the_unet_only(sd_folder, tmp_path):
 
     model.eval()
     with torch.inference_mode():
-        embedding, logits = model.embed(_pixels(model, batch=5))
+        embedding, logits = model.embed(random_pixels(model, batch=5))
     assert embedding.shape == (5, 32) and model.embedding_dim == 32 and logits.shape == (5, 3)
     assert torch.isfinite(embedding).all() and not torch.allclose(embedding[0], embedding[1])
 
@@ -94,7 +89,7 @@ def test_a_folder_loads_by_path_and_trains_the_unet_only(sd_folder, tmp_path):
 
 def test_embedding_is_the_pooled_mid_block_of_the_clean_latent_at_t0_with_the_empty_prompt():
     model = _tiny(vae_steps=0).eval()
-    pixels = _pixels(model)
+    pixels = random_pixels(model)
     captured = {}
     handle = model.unet.mid_block.register_forward_hook(lambda m, i, o: captured.update(mid=o))
     with torch.inference_mode():
@@ -113,7 +108,7 @@ def test_the_tiny_vae_trains_first_then_freezes_with_its_latent_scale():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     for step in range(3):
         model.zero_grad(set_to_none=True)
-        model.training_loss(_pixels(model, seed=step), labels).backward()
+        model.training_loss(random_pixels(model, seed=step), labels).backward()
         vae_grads = [p.grad for p in model.vae.parameters() if p.grad is not None]
         unet_grads = [p.grad for p in model.unet.parameters() if p.grad is not None]
         if step < 2:  # the VAE's phase: its loss, no gradient for the UNet
@@ -124,14 +119,14 @@ def test_the_tiny_vae_trains_first_then_freezes_with_its_latent_scale():
     # The scale is 1 / std of the posterior means of the batch that ended the phase (the
     # latents the UNet trains on; the VAE is unchanged since).
     with torch.no_grad():
-        latents = model.vae.encode(_pixels(model, seed=2)).latent_dist.mean
+        latents = model.vae.encode(random_pixels(model, seed=2)).latent_dist.mean
     assert float(model.latent_scale) == pytest.approx(1.0 / latents.std().item(), rel=1e-5)
     assert float(model.latent_scale) != 1.0
     # A resumed run keeps the phase's progress and the scale (buffers in the state dict).
     resumed = _tiny(vae_steps=2)
     resumed.load_state_dict(model.state_dict())
     assert not resumed.training_vae and float(resumed.latent_scale) == float(model.latent_scale)
-    resumed.training_loss(_pixels(resumed), labels)
+    resumed.training_loss(random_pixels(resumed), labels)
     assert float(resumed.latent_scale) == float(model.latent_scale)
 
 

@@ -28,6 +28,7 @@ def register(add) -> None:
 def cmd_quality(args) -> None:
     from ftviz.detectors import load_detectors, load_suspicion
     from ftviz.errors import FtvizError
+    from ftviz.render.data import read_training_suspicion
     from ftviz.rundir import RunDir
 
     if args.top < 0:
@@ -44,10 +45,10 @@ def cmd_quality(args) -> None:
         print()
         print(format_detectors(rows))
     train_detectors = run.file("train_detectors.parquet")
-    if run.file("train_suspicion.parquet").is_file():
+    train = read_training_suspicion(run)
+    if train is not None:
         import pandas as pd
 
-        train = pd.read_parquet(run.file("train_suspicion.parquet"))
         print()
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
               "samples flagged")
@@ -75,6 +76,7 @@ def export_table(run):
     import pandas as pd
 
     from ftviz.detectors import learnt_from, load_logits, probe_is_trained_on, suggested_labels
+    from ftviz.render.data import read_training_suspicion
 
     fingerprint = str(run.manifest().get("train_split", {}).get("fingerprint", ""))
     suspicion = run.suspicion()
@@ -91,13 +93,10 @@ def export_table(run):
         "is_label_issue": suspicion["is_label_issue"].to_numpy(bool),
     })
     parts = [probe]
-    if run.file("train_suspicion.parquet").is_file():
-        from ftviz.dynamics import read_train_samples
-
-        train = run.read_parquet("train_suspicion.parquet", "detect").sort_values("id").reset_index(drop=True)
-        given = read_train_samples(run).set_index("id").loc[train["id"], "given_label"].to_numpy(np.int64)
+    train = read_training_suspicion(run)
+    if train is not None:
         parts.append(pd.DataFrame({
-            "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": given,
+            "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": train["given_label"].to_numpy(np.int64),
             "suggested_label": train["suggested_label"].to_numpy(np.int64),
             "suspicion": train["suspicion"].to_numpy(np.float64),
             "is_label_issue": train["is_label_issue"].to_numpy(bool),
