@@ -94,9 +94,11 @@ def synthetic_snapshot(rng, centres, labels, progress: float) -> tuple[np.ndarra
 
 
 def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
-    from ftviz.config import ExperimentConfig
-    from ftviz.follow import start_follower, wait_for_follower
+    from ftviz.config import ExperimentConfig, load_config
+    from ftviz.follow import start_follower, thread_split, wait_for_follower
     from ftviz.runs import Probe, open_run
+
+    gpu = "--gpu" in sys.argv
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, n)
@@ -106,22 +108,26 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
     centres = rng.normal(size=(10, d)).astype(np.float32) / np.sqrt(d) * 8
     with tempfile.TemporaryDirectory(prefix="ftviz-bench-scale-") as scratch:
         config = ExperimentConfig(name="scale", out_dir=scratch)
+        # The default experiment's projection settings (its t-SNE schedule), then the method asked.
+        config.project = load_config(ROOT / "experiments" / "default.toml").project
         config.project.method = method
         config.data.dataset = "arrays"
         probe = Probe(np.zeros((n, 2, 2, 3), np.uint8), given, labels, [str(c) for c in range(10)])
         run, _ = open_run(Path(scratch) / "scale", config=config, probe=probe,
                           manifest=lambda: {"name": "scale", "config": config.to_dict()})
         run.mark_stage("train", "running")
-        follower = start_follower(run, device="cuda" if "--gpu" in sys.argv else "cpu")
+        follower = start_follower(run, device="cuda" if gpu else "cpu")
         landed, steps = {}, []
+        begin = time.time()
         for t in range(frames):
+            time.sleep(max(0.0, begin + t * every - time.time()))  # one every `every` s, however long writing took
             embedding, logits = synthetic_snapshot(rng, centres, labels, t / max(1, frames - 1))
             step = t * 20
             run.write_snapshot(step, embedding, logits)
             steps.append(step)
             run.update_manifest(snapshot_steps=steps)
             landed[step] = time.time()
-            time.sleep(every)
+        time.sleep(max(0.0, begin + frames * every - time.time()))
         run.mark_stage("train", "done")
         training_end = time.time()
         wait_for_follower(follower)
@@ -135,21 +141,35 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
         lag_frames = []
         for s in steps:  # frames landed but not analysed when snapshot s lands
             lag_frames.append(sum(1 for r in steps if landed[r] <= landed[s] and done_at[r] > landed[s]) - 1)
-        seconds = []
-        previous = None
-        for s in steps:
-            entry = np.load(analysis / "project" / f"step-{s:07d}.npz")
-            score_s = made("score", s) - (previous if previous is not None else landed[s])
-            seconds.append((float(entry["seconds"]), score_s))
-            previous = done_at[s]
-    project_s = [p for p, _ in seconds]
-    print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method} "
-          f"({cpu_name()}, {os.cpu_count()} cores)\n")
-    print("| | first frame | later frames (median) | max lag (frames) | median lag | follower done after training (s) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| projection (s/frame) | {project_s[0]:.1f} | {statistics.median(project_s[1:]):.2f} | "
-          f"{max(lag_frames)} | {statistics.median(lag_frames):.0f} | "
-          f"{max(done_at.values()) - training_end:.1f} |")
+        parts = follower_parts(analysis / "follower.log")
+    schedule = (f" (t-SNE iterations {config.project.first_iter} / {config.project.iter} / "
+                f"+{config.project.last_iter})" if method == "tsne" else "")
+    print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method}{schedule} "
+          f"({cpu_name()}, {os.cpu_count()} cores, the follower on {thread_split(gpu=gpu)[1]} thread(s))\n")
+    names = [name for name in parts[0] if name != "total"]
+    print("| | total | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for label, rows in (("first frame (s)", parts[:1]), ("later frames, median (s)", parts[1:])):
+        cells = [statistics.median(row.get(name, 0.0) for row in rows) for name in ["total", *names]]
+        print(f"| {label} | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
+    print(f"\nlag (frames landed, not yet analysed, when a snapshot lands): max {max(lag_frames)}, "
+          f"median {statistics.median(lag_frames):.0f}; the follower finished "
+          f"{max(done_at.values()) - training_end:.1f} s after the last snapshot")
+
+
+def follower_parts(log: Path) -> list[dict]:
+    """Per-frame seconds by part from follower.log ("follow: frame to step S in T s (part x, ...)")."""
+    import re
+
+    rows = []
+    for line in log.read_text().splitlines():
+        found = re.match(r"follow: frame to step \d+ in ([\d.]+) s \((.*)\)", line)
+        if found:
+            row = {"total": float(found.group(1))}
+            row.update({name: float(value) for name, value in
+                        (part.rsplit(" ", 1) for part in found.group(2).split(", "))})
+            rows.append(row)
+    return rows
 
 
 # ---- 3. the served page in a real browser while the default run trains ----------------------

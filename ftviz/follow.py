@@ -63,7 +63,9 @@ def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.
         pass
     env = dict(os.environ, **{name: str(follower_threads) for name in THREAD_VARIABLES})
     env.pop("FTVIZ_TEST_KILL_AT", None)  # a test's stop point is training's, not the follower's
-    env["FTVIZ_FOLLOWER_THREADS"] = str(follower_threads)
+    # Training on the CPU: so is the analysis ([score] device "auto" would import torch, ~2 s of
+    # the follower's start, only to find no GPU). Training on a GPU: the analysis may use it too.
+    env["FTVIZ_FOLLOWER_DEVICE"] = "auto" if gpu else "cpu"
     env["FTVIZ_FOLLOWER_PARENT"] = str(os.getpid())
     log_path = run.path / "analysis" / "follower.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,17 +88,31 @@ LATER_STAGE_MODULES = ("ftviz.quality", "ftviz.detectors", "cleanlab.filter", "c
 
 
 def _import_later_stages() -> None:
-    import importlib
     import threading
 
-    def run() -> None:
-        for name in LATER_STAGE_MODULES:
-            try:
-                importlib.import_module(name)
-            except Exception:  # an extra not installed: the stage says so when it runs
-                pass
+    threading.Thread(target=_import_quietly, args=(LATER_STAGE_MODULES,), name="ftviz-import-later-stages",
+                     daemon=True).start()
 
-    threading.Thread(target=run, name="ftviz-import-later-stages", daemon=True).start()
+
+def _import_quietly(names) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an extra not installed: the stage says so when it runs
+            pass
+
+
+# What the follower's first frame needs beyond its own imports (cleanlab alone is ~1.5 s):
+# imported as it starts, while training still loads the model and probes step 0.
+FRAME_MODULES = ("cleanlab.filter", "cleanlab.rank", "cleanlab.internal.outlier", "scipy.spatial")
+PROJECTION_MODULES = {"tsne": ("openTSNE",), "umap": ("umap",)}
+
+
+def _import_frame_modules(config, device: str) -> None:
+    _import_quietly(FRAME_MODULES + PROJECTION_MODULES.get(config.project.method, ())
+                    + (("torch",) if device != "cpu" else ()))
 
 
 def wait_for_follower(process: subprocess.Popen | None, *, timeout_s: float | None = None) -> bool:
@@ -161,36 +177,95 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
 
     run = RunDir(path)
     config = config_from_manifest(run.manifest())
+    device = config.score.device
+    if device == "auto":
+        device = os.environ.get("FTVIZ_FOLLOWER_DEVICE", "auto")
+    _import_frame_modules(config, device)
+    neighbours = FrameNeighbours(config, device)
     scored: set[int] = set()
-    projected: list[int] = []
     following_projection = True
     detected_at = 0
     while True:
         status = run.stage_status("train")  # read before the steps: a step listed by then is final
         steps = ready_steps(run)
         new = [step for step in steps if step not in scored]
-        if new:
-            started = time.perf_counter()
-            score_frames(run, config.score, new)
-            scored.update(new)
-            if following_projection and steps != projected:
+        for step in new:  # a frame at a time: its score and projection share one neighbour search
+            clock = _PartClock(neighbours)
+            score_frames(run, config.score, [step], neighbours=neighbours)
+            scored.add(step)
+            clock.lap("score")
+            if following_projection:
                 # Training was done before the steps were read: these are all of them, so the
                 # last frame's settle (project.last_iter) is made here too, not in the stage after.
-                following_projection = project_frames(run, config.project, steps, final=status == "done",
-                                                      collect=False) is not None
-                projected = list(steps)
+                upto = steps[: steps.index(step) + 1]
+                following_projection = project_frames(run, config.project, upto, collect=False,
+                                                      final=status == "done" and step == steps[-1],
+                                                      neighbours=neighbours) is not None
+                clock.lap("project")
             # The suspicion cards, refreshed now and then while training runs; once it is done
             # the detect stage writes the final ones (beside this process: never overwrite them).
             if status != "done" and len(scored) - detected_at >= DETECT_EVERY:
                 if interim_suspicion(run, config.detect, config.score, sorted(scored)):
                     detected_at = len(scored)
-            log(f"follow: {len(new)} frame(s) to step {new[-1]} in {time.perf_counter() - started:.2f} s")
+                clock.lap("detect")
+            log(f"follow: frame to step {step} in {clock.describe()}")
+        if new:
             continue
         if status == "done":
             return 0
         if status not in ("running", "pending") or not _parent_alive():
             return 1
         time.sleep(poll_s)
+
+
+class _PartClock:
+    """Seconds of one frame by part, the shared neighbour search counted apart (for follower.log)."""
+
+    def __init__(self, neighbours: "FrameNeighbours"):
+        self.neighbours, self.parts = neighbours, {"neighbours": 0.0}
+        self.started = self.mark = time.perf_counter()
+        self.searched = neighbours.seconds
+
+    def lap(self, part: str) -> None:
+        now, searched = time.perf_counter(), self.neighbours.seconds
+        self.parts["neighbours"] += searched - self.searched
+        self.parts[part] = now - self.mark - (searched - self.searched)
+        self.mark, self.searched = now, searched
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.parts.items())
+        return f"{time.perf_counter() - self.started:.2f} s ({parts})"
+
+
+class FrameNeighbours:
+    """The frame's one neighbour search, shared by its score and its projection.
+
+    Called as ``neighbours(step, X)`` by :func:`ftviz.quality.score_frames` and
+    :func:`ftviz.project.project_frames`: the first call for a step searches every set both
+    stages need at once (:class:`ftviz.numerics.NeighbourSearch`: the cosine neighbours of the
+    outlier score, t-SNE's Euclidean ones, the overlap diagnostic's), later calls for that step
+    reuse it. The stages after training search each for itself: the same neighbours.
+    """
+
+    def __init__(self, config, device: str):
+        self.config, self.device = config, device
+        self.step: int | None = None
+        self.search = None
+        self.seconds = 0.0  # spent searching, for the log's parts
+
+    def __call__(self, step: int, X):
+        if step != self.step:
+            from ftviz.numerics import NeighbourSearch
+            from ftviz.project import neighbour_queries as projection_queries
+            from ftviz.quality import neighbour_queries as score_queries
+
+            queries = score_queries(self.config.score, X.shape) + projection_queries(self.config.project, len(X))
+            self.step, self.search = None, None  # a failed search is not kept for the next step
+            started = time.perf_counter()
+            self.search = NeighbourSearch(X, queries, device=self.device)
+            self.seconds += time.perf_counter() - started
+            self.step = step
+        return self.search
 
 
 def _parent_alive() -> bool:
@@ -217,14 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     # Test hook (tests/test_follow.py): stop the follower, not training, at a point.
     if os.environ.get("FTVIZ_TEST_FOLLOWER_KILL_AT"):
         os.environ[KILL_AT_ENV] = os.environ["FTVIZ_TEST_FOLLOWER_KILL_AT"]
-    threads = os.environ.get("FTVIZ_FOLLOWER_THREADS")
-    if threads:
-        try:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        except ImportError:
-            pass
+    # The follower's threads reach numpy's BLAS, openTSNE and torch (where it is imported at
+    # all) through OMP_NUM_THREADS and its kin, which start_follower sets.
     try:
         return follow(Path(argv[0]))
     except KeyboardInterrupt:

@@ -69,7 +69,8 @@ def exact_neighbours(
     block x N), like scikit-learn's ``NearestNeighbors(algorithm="brute")``; the k distances
     found are then recomputed in float64 (the same whatever the BLAS threads). Cosine serves the
     outlier score and the label vote (Cleanlab's metric for embeddings); Euclidean serves the
-    t-SNE affinities and the overlap metric (openTSNE's metric).
+    t-SNE affinities and the overlap metric (openTSNE's metric). Several sets of one frame
+    come from one search: :class:`NeighbourSearch`.
 
     Parameters
     ----------
@@ -89,7 +90,7 @@ def exact_neighbours(
     Returns
     -------
     indices : (M, k) int64 row indices of X.
-    distances : (M, k) float64, ascending along each row.
+    distances : (M, k) float64, ascending along each row (equal distances: smaller index first).
 
     >>> X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     >>> exact_neighbours(X, 1)[0].ravel().tolist()
@@ -97,49 +98,194 @@ def exact_neighbours(
     >>> exact_neighbours(X, 1, metric="euclidean", rows=[2])[1].round(4).tolist()
     [[1.2728]]
     """
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise ValueError(f"X must be (N, D), got shape {X.shape}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if not 1 <= k <= len(X) - 1:
-        raise ValueError(f"k must lie in 1..N-1 = 1..{len(X) - 1}, got {k}")
-    rows = np.arange(len(X)) if rows is None else np.asarray(rows, dtype=np.int64)
-    device, search = _resolve(device, search, len(X))
-    width = min(len(X) - 1, k + margin) if search == "bf16" else k
-    ops = _NumpyOps(X, metric) if device == "cpu" and search == "fp32" else _TorchOps(X, metric, device, search)
-    indices = np.empty((len(rows), k), dtype=np.int64)
-    for start in range(0, len(rows), block):
-        chunk = rows[start : start + block]
-        _, found = ops.top(ops.closeness(chunk), width)
-        if width > k:  # re-rank the bf16 candidates by their exact fp32 closeness
-            _, pick = ops.top(ops.exact_closeness(chunk, found), k)
-            found = ops.take(found, pick)
-        indices[start : start + len(chunk)] = ops.numpy(found)
-    # The search only picks the neighbours; their distances are computed once more in float64.
-    return _exact_distances(X, rows, indices, metric, block=block)
+    search_ = NeighbourSearch(X, [(metric, k, rows)], block=block, device=device, search=search, margin=margin)
+    return search_.get(metric, k, rows)
 
 
-def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str, *,
-                     block: int) -> tuple[np.ndarray, np.ndarray]:
-    """The found neighbours' distances recomputed in float64, each row re-sorted.
+class NeighbourSearch:
+    """Several exact neighbour sets of one frame, found in one pass: each block of X Xᵀ is
+    computed once and serves every set (cosine and Euclidean, any k, any query rows).
 
-    The search's float32 products sum in an order that depends on the BLAS threads, and a
-    cosine distance near 0 keeps few of float32's digits: recomputing the k distances of each
-    query in float64 (a few multiply-adds per neighbour) gives the same numbers, to ~1e-15,
-    whatever the threads (the follower runs on fewer than the stages after training).
+    One frame of a run needs the cosine neighbours of every sample (the outlier score), the
+    Euclidean ones (t-SNE's affinities, 3 x perplexity of them) and the Euclidean neighbours of
+    a sample of rows (the overlap diagnostic): on the CPU this pass computes the product once,
+    and only its upper triangle (X Xᵀ is symmetric: each block serves its rows and, transposed,
+    its columns' rows), so all of them cost about half of one search. On torch (a GPU, or a bf16
+    candidate search) each set is searched on its own: there the product is cheap.
+
+    Parameters
+    ----------
+    X : (N, D) features; queries : (metric, k, rows) triples as :func:`exact_neighbours` takes
+        them (rows None = every row). The other arguments are :func:`exact_neighbours`'s.
+
+    :meth:`get` answers any (metric, k, rows) covered by a planned set (same metric, k at least
+    as large, rows among its rows) from it; anything else is searched then, with the same settings.
     """
-    distances = np.empty(indices.shape, dtype=np.float64)
-    for start in range(0, len(rows), block):
-        query = X[rows[start : start + block]].astype(np.float64)
-        found = X[indices[start : start + block]].astype(np.float64)  # (B, k, D)
-        if metric == "cosine":
-            norms = np.linalg.norm(query, axis=1)[:, None] * np.linalg.norm(found, axis=2)
-            cosine = np.einsum("bd,bkd->bk", query, found) / np.where(norms > 0, norms, 1.0)
-            distances[start : start + block] = np.maximum(1.0 - np.where(norms > 0, cosine, 0.0), 0.0)
+
+    def __init__(self, X: np.ndarray, queries, *, block: int = 1024, device: str = "cpu", search: str = "fp32",
+                 margin: int = 16):
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"X must be (N, D), got shape {X.shape}")
+        self.X, self.options = X, dict(block=block, device=device, search=search, margin=margin)
+        planned = [_Query.make(metric, k, rows, len(X)) for metric, k, rows in queries]
+        device, search = _resolve(device, search, len(X))
+        if not planned:
+            found = []
+        elif device == "cpu" and search == "fp32":
+            found = _numpy_search(X, planned, block)
         else:
-            distances[start : start + block] = np.sqrt(((found - query[:, None, :]) ** 2).sum(axis=2))
-    order = np.argsort(distances, axis=1, kind="stable")
+            found = [_torch_search(X, query, device=device, search=search, margin=margin, block=block)
+                     for query in planned]
+        self._sets = [(query, *_exact_distances(X, query.rows, indices, query.metric))
+                      for query, indices in zip(planned, found)]
+
+    def get(self, metric: str, k: int, rows=None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices (M, k) int64, distances (M, k) float64) as :func:`exact_neighbours` returns them."""
+        wanted = _Query.make(metric, k, rows, len(self.X))
+        # The set planned as asked first; else the first that covers it (its k nearest: the
+        # same distances, though of neighbours equally near the k-th, another may be kept).
+        for query, indices, distances in sorted(self._sets, key=lambda entry: entry[0].k != k):
+            if query.metric == metric and query.k >= k:
+                position = query.positions(wanted.rows)
+                if position is not None:
+                    return indices[position, :k], distances[position, :k]
+        return NeighbourSearch(self.X, [(metric, k, rows)], **self.options).get(metric, k, rows)
+
+
+class _Query:
+    """One planned neighbour set: metric, k, the query rows (sorted as asked) and where each row sits."""
+
+    def __init__(self, metric: str, k: int, rows: np.ndarray, count: int):
+        self.metric, self.k, self.rows = metric, k, rows
+        self.where = np.full(count, -1, dtype=np.int64)
+        self.where[rows] = np.arange(len(rows))
+
+    @classmethod
+    def make(cls, metric: str, k: int, rows, count: int) -> "_Query":
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if not 1 <= k <= count - 1:
+            raise ValueError(f"k must lie in 1..N-1 = 1..{count - 1}, got {k}")
+        rows = np.arange(count) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        return cls(metric, int(k), rows, count)
+
+    def positions(self, rows: np.ndarray) -> np.ndarray | None:
+        """Where ``rows`` sit among this set's rows, or None if any is not one of them."""
+        position = self.where[rows]
+        return None if (position < 0).any() else position
+
+
+class _Best:
+    """The k best (largest closeness) candidates so far of each query row, merged block by block."""
+
+    def __init__(self, query: _Query):
+        self.query = query
+        self.values = np.full((len(query.rows), query.k), -np.inf, dtype=np.float32)
+        self.indices = np.zeros((len(query.rows), query.k), dtype=np.int64)
+
+    def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int) -> None:
+        """Candidates for query ``rows`` (global indices): closeness (len(rows), B) to columns from ``first_column``."""
+        k = self.query.k
+        if closeness.shape[1] > k:
+            picked = _largest(closeness, k)
+            closeness = np.take_along_axis(closeness, picked, axis=1)
+        else:
+            picked = np.broadcast_to(np.arange(closeness.shape[1]), closeness.shape)
+        at = self.query.where[rows]
+        values = np.concatenate([self.values[at], closeness], axis=1)
+        indices = np.concatenate([self.indices[at], picked + first_column], axis=1)
+        keep = _largest(values, k)
+        self.values[at] = np.take_along_axis(values, keep, axis=1)
+        self.indices[at] = np.take_along_axis(indices, keep, axis=1)
+
+
+def _largest(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest values of each row, in no order (a partition, not a sort)."""
+    return np.argpartition(values, values.shape[1] - k, axis=1)[:, -k:]
+
+
+def _numpy_search(X: np.ndarray, queries: list[_Query], block: int) -> list[np.ndarray]:
+    """Each query's neighbour indices (M, k), unsorted, from float32 products on the CPU.
+
+    Closeness is larger = nearer, ranked within a query row only, so the row's own factor is
+    left out: cosine x.y / |y| (the query's 1/|x| is the same for all), Euclidean 2 x.y - |y|^2
+    (its |x|^2 likewise). When the queries cover most rows the products are the upper triangle
+    of X Xᵀ, each block serving its rows and, transposed, its columns' rows; otherwise the rows
+    asked, one row block at a time against all of X.
+    """
+    count = len(X)
+    norms = np.linalg.norm(X, axis=1)
+    weight = {"cosine": (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32),
+              "euclidean": (X * X).sum(axis=1)}
+    best = [_Best(query) for query in queries]
+
+    def offer(product: np.ndarray, rows: np.ndarray, col_start: int) -> None:
+        """Candidates from ``product`` (len(rows), B): rows (global indices) against columns col_start..."""
+        columns = slice(col_start, col_start + product.shape[1])
+        for query, keep in zip(queries, best):
+            asked = query.where[rows] >= 0
+            if not asked.any():
+                continue
+            mine = product if asked.all() else product[asked]
+            # Written row-major whatever the product's layout (the transposed blocks), so the
+            # per-row partition below reads contiguous memory.
+            closeness = np.empty(mine.shape, dtype=np.float32)
+            if query.metric == "cosine":
+                np.multiply(mine, weight["cosine"][columns], out=closeness)
+            else:
+                np.multiply(mine, 2.0, out=closeness)
+                closeness -= weight["euclidean"][columns]
+            own = rows[asked] - col_start  # a point is not its own neighbour
+            inside = (own >= 0) & (own < product.shape[1])
+            closeness[np.flatnonzero(inside), own[inside]] = -np.inf
+            keep.offer(rows[asked], closeness, col_start)
+
+    union = np.unique(np.concatenate([query.rows for query in queries]))
+    if len(union) > count // 2:
+        starts = range(0, count, block)
+        for row_start in starts:
+            A = X[row_start : row_start + block]
+            for col_start in starts[row_start // block :]:
+                product = A @ X[col_start : col_start + block].T
+                offer(product, np.arange(row_start, row_start + len(A)), col_start)
+                if col_start != row_start:
+                    offer(product.T, np.arange(col_start, col_start + product.shape[1]), row_start)
+    else:
+        for start in range(0, len(union), block):
+            chunk = union[start : start + block]
+            offer(X[chunk] @ X.T, chunk, 0)
+    return [keep.indices for keep in best]
+
+
+def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The found neighbours' distances computed again from differences, each row sorted (distance, then index).
+
+    The search ranks by float32 products, which sum in an order that depends on the BLAS
+    threads and the blocks, and which lose a near neighbour's distance to cancellation
+    (|x|^2 + |y|^2 - 2 x.y). The distance of each pair found is computed again from the
+    difference of the two rows (cosine: of the unit rows, 1 - cos = |u - v|^2 / 2), by numpy's
+    own loops: ~7 digits of every distance, near ones included, and the same numbers however
+    the neighbours were searched (the follower runs on fewer threads than the stages after
+    training, and shares one search between stages). One neighbour rank at a time keeps the
+    temporaries at (256, D).
+    """
+    if metric == "cosine":
+        norms = np.linalg.norm(X.astype(np.float64), axis=1)
+        X = (X / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    squared = np.empty(indices.shape, dtype=np.float32)
+    for start in range(0, len(rows), 256):
+        query = X[rows[start : start + 256]]
+        for rank in range(indices.shape[1]):
+            difference = X[indices[start : start + 256, rank]] - query
+            squared[start : start + 256, rank] = np.einsum("bd,bd->b", difference, difference)
+    if metric == "cosine":
+        distances = 0.5 * squared.astype(np.float64)
+        zero = norms == 0  # cosine 0 to anything: distance 1
+        distances[zero[rows][:, None] | zero[indices]] = 1.0
+    else:
+        distances = np.sqrt(squared.astype(np.float64))
+    order = np.lexsort((indices, distances), axis=1)  # by distance; equal distances by index
     return np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)
 
 
@@ -159,45 +305,19 @@ def _resolve(device: str, search: str, count: int) -> tuple[str, str]:
     return device, search
 
 
-class _NumpyOps:
-    """The fp32 search on the CPU with numpy: closeness of query rows to every row, and top-k.
-
-    Closeness is larger = nearer: the cosine similarity of unit rows, or minus the squared
-    Euclidean distance |x|^2 - 2 x.y + |y|^2 (one matrix product per block).
-    """
-
-    def __init__(self, X: np.ndarray, metric: str):
-        self.metric = metric
-        if metric == "cosine":
-            norms = np.linalg.norm(X, axis=1, keepdims=True)
-            self.X = X / np.where(norms > 0, norms, 1.0).astype(np.float32)
-        else:
-            self.X = X
-            self.squared = (X**2).sum(axis=1)
-
-    def closeness(self, chunk: np.ndarray) -> np.ndarray:
-        product = self.X[chunk] @ self.X.T  # (B, N)
-        if self.metric == "cosine":
-            out = product
-        else:
-            out = -(self.squared[chunk, None] - 2.0 * product + self.squared[None, :])
-        out[np.arange(len(chunk)), chunk] = -np.inf  # a point is not its own neighbour
-        return out
-
-    @staticmethod
-    def top(closeness: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-        part = np.argpartition(-closeness, width - 1, axis=1)[:, :width]
-        values = np.take_along_axis(closeness, part, axis=1)
-        order = np.argsort(-values, axis=1, kind="stable")
-        return np.take_along_axis(values, order, axis=1), np.take_along_axis(part, order, axis=1)
-
-    @staticmethod
-    def take(found: np.ndarray, pick: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(found, pick, axis=1)
-
-    @staticmethod
-    def numpy(array: np.ndarray) -> np.ndarray:
-        return array
+def _torch_search(X: np.ndarray, query: _Query, *, device: str, search: str, margin: int, block: int) -> np.ndarray:
+    """One query's neighbour indices (M, k) with torch: on a GPU, and/or bf16 candidates re-ranked in fp32."""
+    ops = _TorchOps(X, query.metric, device, search)
+    width = min(len(X) - 1, query.k + margin) if search == "bf16" else query.k
+    indices = np.empty((len(query.rows), query.k), dtype=np.int64)
+    for start in range(0, len(query.rows), block):
+        chunk = query.rows[start : start + block]
+        _, found = ops.top(ops.closeness(chunk), width)
+        if width > query.k:  # re-rank the bf16 candidates by their exact fp32 closeness
+            _, pick = ops.top(ops.exact_closeness(chunk, found), query.k)
+            found = ops.take(found, pick)
+        indices[start : start + len(chunk)] = ops.numpy(found)
+    return indices
 
 
 class _TorchOps:

@@ -34,7 +34,7 @@ from ftviz.config import PROJECT_METHODS as METHODS
 from ftviz.config import PROJECT_REFERENCES as REFERENCES
 from ftviz.config import ProjectConfig, check_section
 from ftviz.errors import FtvizError
-from ftviz.numerics import exact_neighbours
+from ftviz.numerics import NeighbourSearch, exact_neighbours
 
 # What the page and run.json call each method.
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE (openTSNE)", "umap": "UMAP (umap-learn)"}
@@ -143,7 +143,7 @@ class _CovarianceAccumulator:
 # ---------------------------------------------------------------------------------------
 # Neighbour embeddings, warm-started
 # ---------------------------------------------------------------------------------------
-EXACT_NEIGHBOURS_UP_TO = 5000
+EXACT_NEIGHBOURS_UP_TO = 20_000  # beyond, N^2 products cost more than an approximate index
 
 
 def _planar_neighbours(low: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
@@ -171,23 +171,34 @@ def _overlap(high: np.ndarray, flat: np.ndarray) -> float:
     return float(shared.mean() / high.shape[1])
 
 
+def _tsne_perplexity(perplexity: float, count: int) -> tuple[float, int]:
+    """(perplexity, neighbours) t-SNE uses on ``count`` points: openTSNE needs 3 x perplexity < N."""
+    perplexity = min(perplexity, max(1.0, (count - 1) / 3))
+    return perplexity, min(count - 1, int(3 * perplexity))
+
+
 def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float, n_iter: int,
-                first_iter: int, seed: int, n_jobs: int, found: dict | None = None) -> np.ndarray:
+                first_iter: int, seed: int, n_jobs: int, found: dict | None = None,
+                search: NeighbourSearch | None = None) -> np.ndarray:
     """One frame of t-SNE (openTSNE): from scratch (PCA start) or continued from ``previous``.
 
     ``found`` (a dict) receives the exact neighbours (N, 3 perplexity), nearest first, when
-    they were computed, for the kNN-overlap diagnostic to reuse.
+    they were computed, for the kNN-overlap diagnostic to reuse; ``search`` is the frame's
+    shared neighbour search, if any.
     """
     openTSNE = _import_opentsne()
     from openTSNE import affinity, initialization
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    perplexity = min(perplexity, max(1.0, (len(X) - 1) / 3))  # openTSNE needs 3 * perplexity < N
+    perplexity, k = _tsne_perplexity(perplexity, len(X))
     if len(X) <= EXACT_NEIGHBOURS_UP_TO:
-        # Exact neighbours by one blocked matrix product: for a few thousand points this is
-        # ~10x cheaper than building openTSNE's approximate index, and it runs every frame.
-        k = min(len(X) - 1, int(3 * perplexity))
-        neighbours, distances = exact_neighbours(X, k, metric="euclidean")  # openTSNE's metric
+        # Exact neighbours from blocked matrix products, shared with the frame's other
+        # searches: at 10,000 x 768 on one thread, 3.5 s alone (about 2 s more beside the
+        # outlier score's) against 11.5 s to build openTSNE's approximate index.
+        if search is not None:
+            neighbours, distances = search.get("euclidean", k)
+        else:
+            neighbours, distances = exact_neighbours(X, k, metric="euclidean")  # openTSNE's metric
         if found is not None:
             found["neighbours"] = neighbours
         P = affinity.joint_probabilities_nn(neighbours, distances, [perplexity], symmetrize=True, n_jobs=n_jobs)
@@ -348,23 +359,36 @@ class FrameProjector:
         self.components_ = components
         return mean, components
 
+    def neighbour_queries(self, count: int) -> list[tuple]:
+        """The neighbour sets one frame of ``count`` rows needs (:class:`ftviz.numerics.NeighbourSearch` queries)."""
+        queries = []
+        covered = 0
+        if self.method == "tsne" and count <= EXACT_NEIGHBOURS_UP_TO:
+            covered = _tsne_perplexity(self.perplexity, count)[1]
+            queries.append(("euclidean", covered, None))
+        k = min(self.knn, count - 1)
+        if k >= 1 and k > covered:
+            queries.append(("euclidean", k, _query_rows(count, self.knn_sample, self.seed)))
+        return queries
+
     def frame(self, X: np.ndarray, previous_layout: np.ndarray | None = None, *, last: bool = False,
-              shared=None) -> dict:
+              shared=None, search: NeighbourSearch | None = None) -> dict:
         """One snapshot X (N, D) to its unaligned 2-D frame; what a frame needs is the one before.
 
         Returns a dict: "frame" (N, 2) float64 (unit RMS radius, or the shared basis's real
         size), "layout" (N, 2) the t-SNE/UMAP optimiser's own coordinates, the warm start of
         the next frame (None for PCA), "explained_variance" and "knn_overlap" (floats, NaN
-        where they do not apply). ``last`` adds ``last_iter`` iterations.
+        where they do not apply). ``last`` adds ``last_iter`` iterations. ``search``: the
+        frame's shared neighbour search (:meth:`neighbour_queries`), if any.
         """
         found: dict = {}
         if self.method == "pca":
             projected, explained = self._pca_frame(X, shared)
             layout = None
         else:
-            layout = self._neighbour_frame(X, previous_layout, last=last, found=found)
+            layout = self._neighbour_frame(X, previous_layout, last=last, found=found, search=search)
             projected, explained = _unit_rms(layout), float("nan")
-        overlap = self._knn_overlap(X, projected, found.get("neighbours")) if self.knn else float("nan")
+        overlap = self._knn_overlap(X, projected, found.get("neighbours"), search) if self.knn else float("nan")
         return {"frame": projected, "layout": layout, "explained_variance": float(explained),
                 "knn_overlap": float(overlap)}
 
@@ -379,7 +403,8 @@ class FrameProjector:
         # previous one, and chained over many frames the cloud collapses to a point.
         return _unit_rms((X.astype(np.float64) - mean) @ components), float(ratio.sum())
 
-    def _knn_overlap(self, X: np.ndarray, low: np.ndarray, neighbours: np.ndarray | None) -> float:
+    def _knn_overlap(self, X: np.ndarray, low: np.ndarray, neighbours: np.ndarray | None,
+                     search: NeighbourSearch | None = None) -> float:
         """:func:`knn_overlap` of this frame, reusing the embedding's neighbours when known."""
         k = min(self.knn, len(X) - 1)
         if k < 1:
@@ -387,15 +412,18 @@ class FrameProjector:
         rows = _query_rows(len(X), self.knn_sample, self.seed)
         if neighbours is not None and neighbours.shape[1] >= k:
             high = neighbours[rows, :k]
+        elif search is not None:
+            high, _ = search.get("euclidean", k, rows)
         else:
             high, _ = exact_neighbours(X, k, metric="euclidean", rows=rows)
         return _overlap(high, _planar_neighbours(low, k, rows))
 
-    def _neighbour_frame(self, X: np.ndarray, previous: np.ndarray | None, *, last: bool, found: dict) -> np.ndarray:
+    def _neighbour_frame(self, X: np.ndarray, previous: np.ndarray | None, *, last: bool, found: dict,
+                         search: NeighbourSearch | None) -> np.ndarray:
         n_iter = self.iter + (self.last_iter if last else 0)
         options = dict(n_iter=n_iter, first_iter=self.first_iter, seed=self.seed, n_jobs=self.n_jobs, found=found)
         if self.method == "tsne":
-            return _tsne_frame(X, previous, perplexity=self.perplexity, **options)
+            return _tsne_frame(X, previous, perplexity=self.perplexity, search=search, **options)
         return _umap_frame(X, previous, neighbors=self.neighbors, **options)
 
 
@@ -537,21 +565,30 @@ def followable(options: dict) -> bool:
     return per_frame and str(options["reference"]) in ("previous", "first")
 
 
-def project_frames(run, section, steps, *, final: bool, collect: bool = True, progress=None) -> list[dict] | None:
+def neighbour_queries(section, count: int) -> list[tuple]:
+    """The neighbour sets a frame of ``count`` rows needs for its projection with ``section``."""
+    options = {key: getattr(section, key) for key in PROJECT_OPTIONS}
+    return FrameProjector(**options, knn=section.knn, knn_sample=section.knn_sample).neighbour_queries(count)
+
+
+def project_frames(run, section, steps, *, final: bool, collect: bool = True, progress=None,
+                   neighbours=None) -> list[dict] | None:
     """Make and record (``analysis/project/``) the frames of ``steps`` not made yet.
 
     ``final``: ``steps`` are all of the run's, so the last frame gets ``last_iter`` more
     iterations. Returns one dict per step (xy (N, 2) float64 aligned, layout, explained
     variance, kNN overlap, seconds) — an empty list without ``collect`` — or None where the
-    settings are not :func:`followable`.
+    settings are not :func:`followable`. ``neighbours(step, X)``, if given, returns the
+    frame's shared :class:`ftviz.numerics.NeighbourSearch` (the follower's, made once for the
+    score and the projection of a frame).
     """
     options = {key: getattr(section, key) for key in PROJECT_OPTIONS}
     return _followed_frames(run, options, k=section.knn, sample=section.knn_sample, steps=list(steps),
-                            final=final, collect=collect, progress=progress)
+                            final=final, collect=collect, progress=progress, neighbours=neighbours)
 
 
 def _followed_frames(run, options: dict, *, k: int, sample: int, steps: list[int], final: bool,
-                     collect: bool = True, progress=None) -> list[dict] | None:
+                     collect: bool = True, progress=None, neighbours=None) -> list[dict] | None:
     from ftviz.framecache import FrameCache
 
     if not followable(options):
@@ -581,7 +618,8 @@ def _followed_frames(run, options: dict, *, k: int, sample: int, steps: list[int
         X = np.asarray(RunSnapshots(run, steps)[t])
         check_embedding(X, f"{run.path}: snapshot step {steps[t]}")
         previous = recorded(t - 1) if t > 0 else None
-        made = projector.frame(X, None if previous is None else previous["layout"], last=last)
+        search = neighbours(steps[t], X) if neighbours is not None else None
+        made = projector.frame(X, None if previous is None else previous["layout"], last=last, search=search)
         xy = made["frame"]
         if previous is not None:
             onto = previous["xy"] if str(options["reference"]) == "previous" else recorded(0)["xy"]

@@ -18,10 +18,11 @@ import numpy as np
 
 from ftviz.config import ScoreConfig, check_section
 from ftviz.errors import FtvizError
-from ftviz.numerics import exact_neighbours, softmax
+from ftviz.numerics import NeighbourSearch, exact_neighbours, softmax
 
 
-def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", device: str = "auto") -> np.ndarray:
+def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", device: str = "auto",
+                   neighbours: NeighbourSearch | None = None) -> np.ndarray:
     """Cleanlab's kNN outlier score of each row, flipped so higher = more atypical.
 
     Parameters
@@ -32,6 +33,8 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
         there is one) and hands them to Cleanlab's own distance-to-score transform; "auto"
         takes "knn" where Cleanlab would use the cosine metric (D > 3), else "cleanlab".
     device : for "knn": "auto" (cuda when available), "cpu" or "cuda".
+    neighbours : for "knn": the frame's :class:`ftviz.numerics.NeighbourSearch` when other
+        stages search the same frame (the follower), else the search is made here.
 
     Returns
     -------
@@ -44,7 +47,7 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
         raise FtvizError(f"the outlier score needs more than k={k} probe samples, got {len(features)}")
     if method not in ("auto", "knn", "cleanlab"):
         raise ValueError(f"method must be 'auto', 'knn' or 'cleanlab', got {method!r}")
-    if method == "cleanlab" or (method == "auto" and features.shape[1] <= 3):
+    if not uses_knn(method, features.shape[1]):
         from cleanlab.outlier import OutOfDistribution
 
         with warnings.catch_warnings():
@@ -53,13 +56,27 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
         return 1.0 - np.asarray(scores, dtype=np.float64)
     from cleanlab.internal.outlier import correct_precision_errors, transform_distances_to_scores
 
-    distances = cosine_knn_distances(features, k=k, device=device)
+    if neighbours is not None:
+        distances = neighbours.get("cosine", k)[1]
+    else:
+        distances = cosine_knn_distances(features, k=k, device=device)
     average = distances.mean(axis=1)
     # Cleanlab's defaults: t = 1 and the median average distance as the scale.
     scale = float(max(np.median(average), 100 * np.finfo(np.float64).eps))
     scores = transform_distances_to_scores(average, 1, scaling_factor=scale)
     scores = correct_precision_errors(scores, average, "cosine")
     return 1.0 - np.asarray(scores, dtype=np.float64)
+
+
+def uses_knn(method: str, dimensions: int) -> bool:
+    """Whether the outlier score searches neighbours itself ("knn") rather than through Cleanlab."""
+    return method == "knn" or (method == "auto" and dimensions > 3)
+
+
+def neighbour_queries(section: ScoreConfig, shape: tuple[int, int]) -> list[tuple]:
+    """The neighbour sets a frame of ``shape`` (N, D) needs for its scores (see NeighbourSearch)."""
+    count, dimensions = shape
+    return [("cosine", section.k, None)] if uses_knn(section.method, dimensions) and count > section.k else []
 
 
 def cosine_knn_distances(
@@ -126,17 +143,18 @@ def label_scores_from_probs(*, probs: np.ndarray, labels: np.ndarray) -> tuple[n
 SCORE_COLUMNS = ("outlier_score", "label_quality", "is_label_issue", "predicted_label", "confidence")
 
 
-def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, section: ScoreConfig) -> dict:
+def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, section: ScoreConfig, *,
+                neighbours: NeighbourSearch | None = None) -> dict:
     """One snapshot's scores: a dict of (N,) arrays named :data:`SCORE_COLUMNS`.
 
     embedding (N, D), logits (N, C), labels (N,) given labels; ``section`` the ``[score]``
-    settings (k, method, device).
+    settings (k, method, device); ``neighbours`` the frame's shared search, if any.
     """
     probs = softmax(logits)
     quality, issues = label_scores_from_probs(probs=probs, labels=labels)
     return {
         "outlier_score": np.asarray(outlier_scores(embedding, k=section.k, method=section.method,
-                                                   device=section.device)),
+                                                   device=section.device, neighbours=neighbours)),
         "label_quality": np.asarray(quality),
         "is_label_issue": np.asarray(issues),
         "predicted_label": probs.argmax(1).astype(np.int64),
@@ -144,11 +162,12 @@ def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, s
     }
 
 
-def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False):
+def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False, neighbours=None):
     """Score each of ``steps`` not yet recorded under ``analysis/score/`` and record it.
 
     The follower calls this as snapshots land, :func:`score_run` for every step after
     training: the same numbers either way, and a stop loses at most the frame in progress.
+    ``neighbours(step, embedding)``, if given, returns the frame's shared NeighbourSearch.
     Returns the :class:`ftviz.framecache.FrameCache` the frames are in.
     """
     from tqdm.auto import tqdm
@@ -166,7 +185,8 @@ def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False):
         if not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
             raise FtvizError(f"{run.path}: snapshot step {step} holds NaN or infinite embeddings or logits "
                              "(training diverged); rerun training with a lower train.lr")
-        cache.put(step, score_frame(embedding, logits, labels, section))
+        search = neighbours(step, embedding) if neighbours is not None else None
+        cache.put(step, score_frame(embedding, logits, labels, section, neighbours=search))
     return cache
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ftviz.numerics as numerics
-from ftviz.numerics import auroc_against_noise, exact_neighbours, knn_label_shares, log_softmax, softmax
+from ftviz.numerics import NeighbourSearch, auroc_against_noise, exact_neighbours, knn_label_shares, log_softmax, softmax
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,29 @@ def test_query_rows_and_blocks_do_not_change_the_answer(digits):
     found, distances = exact_neighbours(X, 5, metric="euclidean", rows=rows, block=3)
     np.testing.assert_array_equal(found, whole_found[rows])
     np.testing.assert_array_equal(distances, whole_distances[rows])
+
+
+def test_one_search_serves_every_set_of_a_frame_as_separate_searches_would(digits):
+    """The follower's shared search (cosine for the outlier score, Euclidean for t-SNE and the
+    overlap's sampled rows) gives each set what the stages' own searches give."""
+    X, _ = digits
+    rows = np.sort(np.random.default_rng(0).choice(len(X), 300, replace=False))
+    search = NeighbourSearch(X, [("cosine", 10, None), ("euclidean", 40, None), ("euclidean", 10, rows)], block=256)
+    for metric, k in (("cosine", 10), ("euclidean", 40)):  # the same products, partitioned the same way
+        alone = exact_neighbours(X, k, metric=metric, block=256)
+        np.testing.assert_array_equal(search.get(metric, k)[0], alone[0])
+        np.testing.assert_array_equal(search.get(metric, k)[1], alone[1])
+    # Searched alone, few rows are one row block at a time against all of X, and other blocks
+    # partition the products otherwise: the digits' integer pixels tie exactly, and which of
+    # equally near neighbours is kept at the k-th place may differ. The distances do not.
+    for asked, alone in ((rows, exact_neighbours(X, 10, metric="euclidean", rows=rows, block=256)),
+                         (None, exact_neighbours(X, 40, metric="euclidean", block=512))):
+        shared = search.get("euclidean", alone[0].shape[1], asked)
+        np.testing.assert_array_equal(shared[1], alone[1])
+        assert (shared[0] == alone[0]).mean() > 0.99
+    # A set inside a planned one is its slice; one no query planned is searched when asked.
+    np.testing.assert_array_equal(search.get("cosine", 3, rows[:5])[1], search.get("cosine", 10)[1][rows[:5], :3])
+    np.testing.assert_array_equal(search.get("cosine", 12)[1], exact_neighbours(X, 12, block=256)[1])
 
 
 def test_a_duplicate_is_the_nearest_neighbour_and_a_point_never_its_own():
