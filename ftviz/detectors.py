@@ -174,20 +174,22 @@ def ensembled_label_quality(*, logits: np.ndarray, labels: np.ndarray) -> tuple[
 
 
 def knn_mixed_probabilities(*, logits: np.ndarray, embedding: np.ndarray | None, labels: np.ndarray,
-                            k: int = 10) -> np.ndarray:
+                            k: int = 10, neighbours: np.ndarray | None = None) -> np.ndarray:
     """An ensemble of two classifiers of one snapshot: the mean of the network's softmax (N, C)
     and the kNN label shares in its embedding (:func:`ftviz.numerics.knn_label_shares`). Cleanlab's estimates are
     only as good as the probabilities it is given; the kNN vote errs differently from the head
     (it reads the neighbours' labels, not the decision boundary) and the average of the two
     measured better than either on the digits (default run: AP 0.953 -> 0.956, and Cleanlab's
-    own flags F1 0.84 -> 0.88). ``embedding`` None: the softmax alone.
+    own flags F1 0.84 -> 0.88). ``embedding`` and ``neighbours`` (its cosine neighbours, nearest
+    first, when the score stage found them) None: the softmax alone.
 
     Returns (N, C) float64.
     """
     probs = softmax(logits)
-    if embedding is None:
+    if embedding is None and neighbours is None:
         return probs
-    return 0.5 * probs + 0.5 * knn_label_shares(embedding=embedding, labels=labels, num_classes=probs.shape[1], k=k)
+    shares = knn_label_shares(embedding=embedding, labels=labels, num_classes=probs.shape[1], k=k, neighbours=neighbours)
+    return 0.5 * probs + 0.5 * shares
 
 
 def estimated_issue_count(*, probs: np.ndarray, labels: np.ndarray) -> int:
@@ -375,6 +377,7 @@ def detect(
     frame_flags: np.ndarray,
     outlier_score: np.ndarray,
     embedding: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
     probe_trained_on: bool = True,
     learnt_fraction: float = 0.8,
     min_flagged: float = 0.2,
@@ -389,7 +392,8 @@ def detect(
         snapshot (the score stage's ``label_quality`` and ``is_label_issue``).
     outlier_score : (N,) kNN outlier score at the last snapshot.
     embedding : (N, D) the last snapshot's embedding, for the kNN half of
-        :func:`knn_mixed_probabilities` (None: the softmax alone); ``knn`` its neighbours.
+        :func:`knn_mixed_probabilities` (None: the softmax alone); ``knn`` its neighbours;
+        ``neighbours`` (N, >= knn) those neighbours when the score stage found them already.
     probe_trained_on : whether the network trains on the probe samples (``data.probe = "train"``).
         Then the last snapshot's probabilities are in-sample, memorisation hides wrong labels, and
         the recommendation also reads the history (:func:`recommend`). For a held-out probe they
@@ -411,7 +415,7 @@ def detect(
     dm = data_map(logits=logits, labels=labels)
     forgotten = forgetting_events(logits=logits, labels=labels)
     ensemble_quality, ensemble_flags = ensembled_label_quality(logits=logits, labels=labels)
-    mixed = knn_mixed_probabilities(logits=logits[-1], embedding=embedding, labels=labels, k=knn)
+    mixed = knn_mixed_probabilities(logits=logits[-1], embedding=embedding, labels=labels, k=knn, neighbours=neighbours)
     knn_quality, knn_flags = label_quality(probs=mixed, labels=labels)
     accuracy = (logits.argmax(axis=2) == labels[None, :]).mean(axis=1)
 
@@ -748,12 +752,19 @@ def _suspicion_table(run, section: DetectConfig, samples, steps, logits, quality
     stage's work, shared by the stage and the follower's interim tables."""
     import pandas as pd
 
+    from ftviz.quality import recorded_neighbours
+
     labels = samples["given_label"].to_numpy(np.int64)
-    embedding = run.load_snapshot(steps[-1])[0].astype(np.float32)  # the kNN half of the mixed probabilities
-    _check_finite(run, steps[-1:], embedding[None], "embedding")
+    # The kNN half of the mixed probabilities: the last frame's neighbours as the score stage
+    # found them (one search a frame), else a search of its embedding.
+    neighbours = recorded_neighbours(run, steps[-1], k=min(section.knn, len(labels) - 1))
+    embedding = None
+    if neighbours is None:
+        embedding = run.load_snapshot(steps[-1])[0].astype(np.float32)
+        _check_finite(run, steps[-1:], embedding[None], "embedding")
     columns, flags = detect(
         logits=logits, labels=labels, steps=steps, frame_quality=quality, frame_flags=frame_flags,
-        outlier_score=outlier, embedding=embedding, probe_trained_on=trained_on,
+        outlier_score=outlier, embedding=embedding, neighbours=neighbours, probe_trained_on=trained_on,
         learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged, knn=section.knn,
     )
     table = pd.DataFrame({"id": samples["id"].to_numpy(np.int64), **columns})

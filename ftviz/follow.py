@@ -262,7 +262,7 @@ class FrameNeighbours:
             queries = score_queries(self.config.score, X.shape) + projection_queries(self.config.project, len(X))
             self.step, self.search = None, None  # a failed search is not kept for the next step
             started = time.perf_counter()
-            self.search = NeighbourSearch(X, queries, device=self.device)
+            self.search = NeighbourSearch(X, queries, device=self.device, search="auto")
             self.seconds += time.perf_counter() - started
             self.step = step
         return self.search

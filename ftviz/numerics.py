@@ -366,8 +366,8 @@ class _TorchOps:
         return tensor.cpu().numpy()
 
 
-def knn_label_shares(*, embedding: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 10,
-                     block: int = 1024, device: str = "cpu") -> np.ndarray:
+def knn_label_shares(*, embedding: np.ndarray | None, labels: np.ndarray, num_classes: int, k: int = 10,
+                     block: int = 1024, device: str = "cpu", neighbours: np.ndarray | None = None) -> np.ndarray:
     """Share of each class among the labels of every sample's k nearest other samples (cosine,
     :func:`exact_neighbours`): the kNN classifier's vote on the embedding.
 
@@ -375,6 +375,8 @@ def knn_label_shares(*, embedding: np.ndarray, labels: np.ndarray, num_classes: 
     ----------
     embedding : (N, D) features; labels : (N,) int in 0..num_classes-1.
     k : neighbours, capped at N - 1 (with one sample, the vote is its own label).
+    neighbours : (N, >= k) the embedding's cosine neighbours, nearest first, when already found
+        (the score stage's): the first k are used and the embedding is not searched.
 
     Returns
     -------
@@ -392,7 +394,10 @@ def knn_label_shares(*, embedding: np.ndarray, labels: np.ndarray, num_classes: 
     k = min(k, count - 1)
     if k < 1:
         return np.eye(num_classes)[labels] if count else np.zeros((0, num_classes))
-    neighbours, _ = exact_neighbours(embedding, k, metric="cosine", block=block, device=device)
+    if neighbours is not None and neighbours.shape[1] >= k:
+        neighbours = neighbours[:, :k]
+    else:
+        neighbours, _ = exact_neighbours(embedding, k, metric="cosine", block=block, device=device)
     votes = np.zeros((count, num_classes), dtype=np.int64)
     np.add.at(votes, (np.repeat(np.arange(count), k), labels[neighbours].ravel()), 1)
     return votes / k

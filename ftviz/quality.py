@@ -22,7 +22,7 @@ from ftviz.numerics import NeighbourSearch, exact_neighbours, softmax
 
 
 def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", device: str = "auto",
-                   neighbours: NeighbourSearch | None = None) -> np.ndarray:
+                   distances: np.ndarray | None = None) -> np.ndarray:
     """Cleanlab's kNN outlier score of each row, flipped so higher = more atypical.
 
     Parameters
@@ -33,8 +33,8 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
         there is one) and hands them to Cleanlab's own distance-to-score transform; "auto"
         takes "knn" where Cleanlab would use the cosine metric (D > 3), else "cleanlab".
     device : for "knn": "auto" (cuda when available), "cpu" or "cuda".
-    neighbours : for "knn": the frame's :class:`ftviz.numerics.NeighbourSearch` when other
-        stages search the same frame (the follower), else the search is made here.
+    distances : for "knn": (N, k) the cosine distances to each row's k nearest other rows, when
+        already found (:func:`score_frame`), else the search is made here.
 
     Returns
     -------
@@ -56,9 +56,7 @@ def outlier_scores(embedding: np.ndarray, *, k: int = 10, method: str = "auto", 
         return 1.0 - np.asarray(scores, dtype=np.float64)
     from cleanlab.internal.outlier import correct_precision_errors, transform_distances_to_scores
 
-    if neighbours is not None:
-        distances = neighbours.get("cosine", k)[1]
-    else:
+    if distances is None:
         distances = cosine_knn_distances(features, k=k, device=device)
     average = distances.mean(axis=1)
     # Cleanlab's defaults: t = 1 and the median average distance as the scale.
@@ -152,14 +150,20 @@ def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, s
     """
     probs = softmax(logits)
     quality, issues = label_scores_from_probs(probs=probs, labels=labels)
-    return {
-        "outlier_score": np.asarray(outlier_scores(embedding, k=section.k, method=section.method,
-                                                   device=section.device, neighbours=neighbours)),
-        "label_quality": np.asarray(quality),
-        "is_label_issue": np.asarray(issues),
-        "predicted_label": probs.argmax(1).astype(np.int64),
-        "confidence": probs.max(1),
-    }
+    frame = {"label_quality": np.asarray(quality), "is_label_issue": np.asarray(issues),
+             "predicted_label": probs.argmax(1).astype(np.int64), "confidence": probs.max(1)}
+    if neighbour_queries(section, embedding.shape):
+        # The cosine neighbours are kept with the scores (N x k int32): the detect stage's kNN
+        # label vote on the last frame reads them instead of searching it again.
+        if neighbours is None:
+            neighbours = NeighbourSearch(embedding, neighbour_queries(section, embedding.shape),
+                                         device=section.device, search="auto")
+        found, distances = neighbours.get("cosine", section.k)
+        frame["outlier_score"] = outlier_scores(embedding, k=section.k, method=section.method, distances=distances)
+        frame["neighbours"] = found.astype(np.int32)
+    else:
+        frame["outlier_score"] = outlier_scores(embedding, k=section.k, method=section.method, device=section.device)
+    return {"outlier_score": np.asarray(frame.pop("outlier_score")), **frame}
 
 
 def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False, neighbours=None):
@@ -188,6 +192,27 @@ def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False, ne
         search = neighbours(step, embedding) if neighbours is not None else None
         cache.put(step, score_frame(embedding, logits, labels, section, neighbours=search))
     return cache
+
+
+def recorded_neighbours(run, step: int, *, k: int) -> np.ndarray | None:
+    """The cosine neighbours (N, >= k) int64, nearest first, the score stage recorded for
+    ``step``'s embedding, or None (not recorded, too few, or a damaged file)."""
+    import json
+
+    from ftviz.framecache import FrameCache
+
+    try:
+        settings = json.loads((run.path / "analysis" / "score" / "settings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    frame = FrameCache(run, "score", settings).get(step)  # read only: never opened (nothing removed)
+    found = None if frame is None else frame.get("neighbours")
+    count = len(frame["label_quality"]) if frame is not None and "label_quality" in frame else -1
+    if found is None or found.ndim != 2 or len(found) != count or found.shape[1] < k or k < 1:
+        return None
+    if found.size and (found.min() < 0 or found.max() >= count):
+        return None
+    return found.astype(np.int64)
 
 
 def score_cache(run, section: ScoreConfig):

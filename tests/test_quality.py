@@ -181,3 +181,35 @@ def test_quality_prints_names_as_plain_table_cells(tiny_run, tmp_path, capsys):
     assert terminal_text(TERMINAL_HOSTILE[3]) == "titleset"
     assert terminal_text(TERMINAL_HOSTILE[4]) == "gnp.exe"
     assert terminal_text(TERMINAL_HOSTILE[7]) == "c1"
+
+
+def test_detect_reads_the_last_frames_neighbours_from_the_score_stage(tiny_run, tmp_path):
+    """One search a frame: the score stage keeps each frame's cosine neighbours, and the detect
+    stage's kNN label vote on the last frame reads them; a damaged record is searched again."""
+    import json
+    import shutil
+
+    from ftviz.framecache import FrameCache
+    from ftviz.numerics import exact_neighbours, knn_label_shares
+    from ftviz.quality import recorded_neighbours
+    from ftviz.rundir import RunDir
+
+    step = tiny_run.snapshot_steps()[-1]
+    embedding, _ = tiny_run.load_snapshot(step)
+    k = tiny_run.manifest()["config"]["score"]["k"]
+    recorded = recorded_neighbours(tiny_run, step, k=k)
+    searched, _ = exact_neighbours(embedding, k, metric="cosine")
+    np.testing.assert_array_equal(recorded, searched)
+    labels = tiny_run.samples().sort_values("id")["given_label"].to_numpy()
+    np.testing.assert_array_equal(
+        knn_label_shares(embedding=None, labels=labels, num_classes=10, k=5, neighbours=recorded),
+        knn_label_shares(embedding=embedding, labels=labels, num_classes=10, k=5))
+    assert recorded_neighbours(tiny_run, step, k=k + 1) is None  # fewer than asked: search
+
+    copy = RunDir(shutil.copytree(tiny_run.path, tmp_path / "run"))
+    settings = json.loads((copy.path / "analysis" / "score" / "settings.json").read_text())
+    cache = FrameCache(copy, "score", settings)
+    frame = cache.get(step)
+    frame["neighbours"] = np.full_like(frame["neighbours"], len(labels))  # an index past the samples
+    cache.put(step, frame)
+    assert recorded_neighbours(copy, step, k=k) is None
