@@ -93,7 +93,7 @@ def synthetic_snapshot(rng, centres, labels, progress: float) -> tuple[np.ndarra
     return embedding.astype(np.float16), logits.astype(np.float16)
 
 
-def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
+def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "") -> None:
     from ftviz.config import ExperimentConfig, load_config
     from ftviz.follow import start_follower, thread_split, wait_for_follower
     from ftviz.runs import Probe, open_run
@@ -111,6 +111,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
         # The default experiment's projection settings (its t-SNE schedule), then the method asked.
         config.project = load_config(ROOT / "experiments" / "default.toml").project
         config.project.method = method
+        if schedule:  # "first/iter/last", e.g. 750/50/0 (the config's own defaults)
+            config.project.first_iter, config.project.iter, config.project.last_iter = map(int, schedule.split("/"))
         config.data.dataset = "arrays"
         probe = Probe(np.zeros((n, 2, 2, 3), np.uint8), given, labels, [str(c) for c in range(10)])
         run, _ = open_run(Path(scratch) / "scale", config=config, probe=probe,
@@ -142,11 +144,12 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
         for s in steps:  # frames landed but not analysed when snapshot s lands
             lag_frames.append(sum(1 for r in steps if landed[r] <= landed[s] and done_at[r] > landed[s]) - 1)
         parts = follower_parts(analysis / "follower.log")
-    schedule = (f" (t-SNE iterations {config.project.first_iter} / {config.project.iter} / "
-                f"+{config.project.last_iter})" if method == "tsne" else "")
-    print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method}{schedule} "
+        ready = [line for line in (analysis / "follower.log").read_text().splitlines() if "ready after" in line]
+    iterations = (f" (t-SNE iterations {config.project.first_iter} / {config.project.iter} / "
+                  f"+{config.project.last_iter})" if method == "tsne" else "")
+    print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method}{iterations} "
           f"({cpu_name()}, {os.cpu_count()} cores, the follower on {thread_split(gpu=gpu)[1]} thread(s))\n")
-    names = [name for name in parts[0] if name != "total"]
+    names = list(dict.fromkeys(name for row in parts for name in row if name != "total"))
     print("| | total | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for label, rows in (("first frame (s)", parts[:1]), ("later frames, median (s)", parts[1:])):
@@ -155,6 +158,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str) -> None:
     print(f"\nlag (frames landed, not yet analysed, when a snapshot lands): max {max(lag_frames)}, "
           f"median {statistics.median(lag_frames):.0f}; the follower finished "
           f"{max(done_at.values()) - training_end:.1f} s after the last snapshot")
+    if ready:
+        print(ready[0].replace("follow: ", "the follower was "))
 
 
 def follower_parts(log: Path) -> list[dict]:
@@ -261,6 +266,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--method", default="tsne", choices=("pca", "tsne"))
+    parser.add_argument("--schedule", default="", help="t-SNE iterations first/iter/last (default: default.toml's)")
     parser.add_argument("--gpu", action="store_true", help="split cores as for GPU training")
     parser.add_argument("--browser", action="store_true", help="only the served page in Chromium (section 3)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
@@ -271,7 +277,7 @@ def main() -> None:
     if not args.skip_default:
         bench_default(args.pairs)
     if not args.skip_scale:
-        bench_scale(args.frames, args.every, args.n, args.d, args.method)
+        bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ftviz.errors import FtvizError
+from ftviz.numerics import cpu_has_fast_bf16
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -25,15 +26,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU does bf16 matrix products natively (AMX or AVX512-BF16)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
 def resolve_precision(name: str, device: torch.device, *, inference: bool) -> torch.dtype | None:
     """The autocast dtype for ``name`` ("auto" | "fp32" | "bf16"), or None for plain fp32.
 

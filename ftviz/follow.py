@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ftviz.rundir import RunDir, snapshot_name
 
+STARTED = time.perf_counter()  # the follower's process: imported first thing (python -m ftviz.follow)
 POLL_S = 0.2  # how often run.json is read while waiting for a snapshot
 DETECT_EVERY = 5  # frames between the follower's interim suspicion tables (the detect stage makes the final one)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -181,6 +182,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     if device == "auto":
         device = os.environ.get("FTVIZ_FOLLOWER_DEVICE", "auto")
     _import_frame_modules(config, device)
+    log(f"follow: ready after {time.perf_counter() - STARTED:.2f} s of imports")
     neighbours = FrameNeighbours(config, device)
     scored: set[int] = set()
     following_projection = True

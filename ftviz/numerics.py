@@ -130,14 +130,15 @@ class NeighbourSearch:
         self.X, self.options = X, dict(block=block, device=device, search=search, margin=margin)
         planned = [_Query.make(metric, k, rows, len(X)) for metric, k, rows in queries]
         device, search = _resolve(device, search, len(X))
+        squared = np.einsum("ij,ij->i", X, X)  # |x|^2 per row, by numpy's own loop (float32)
         if not planned:
             found = []
         elif device == "cpu" and search == "fp32":
-            found = _numpy_search(X, planned, block)
+            found = _numpy_search(X, planned, block, squared)
         else:
             found = [_torch_search(X, query, device=device, search=search, margin=margin, block=block)
                      for query in planned]
-        self._sets = [(query, *_exact_distances(X, query.rows, indices, query.metric))
+        self._sets = [(query, *_exact_distances(X, query.rows, indices, query.metric, squared))
                       for query, indices in zip(planned, found)]
 
     def get(self, metric: str, k: int, rows=None) -> tuple[np.ndarray, np.ndarray]:
@@ -185,15 +186,32 @@ class _Best:
         self.indices = np.zeros((len(query.rows), query.k), dtype=np.int64)
 
     def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int) -> None:
-        """Candidates for query ``rows`` (global indices): closeness (len(rows), B) to columns from ``first_column``."""
+        """Candidates for query ``rows`` (global indices): closeness (len(rows), B) to columns from ``first_column``.
+
+        Only values above a row's k-th best so far can enter its k best: after a row's first
+        block few do (about k / j in its j-th block), so they are gathered sparsely instead of
+        partitioning the whole block (measured at 10,000 x 768, k = 10: ~5x less time than a
+        partition of every block).
+        """
         k = self.query.k
-        if closeness.shape[1] > k:
-            picked = _largest(closeness, k)
-            closeness = np.take_along_axis(closeness, picked, axis=1)
-        else:
-            picked = np.broadcast_to(np.arange(closeness.shape[1]), closeness.shape)
         at = self.query.where[rows]
-        values = np.concatenate([self.values[at], closeness], axis=1)
+        passing = closeness > self.values[at].min(axis=1)[:, None]  # the k-th best so far
+        counts = passing.sum(axis=1)
+        widest = int(counts.max()) if len(counts) else 0
+        if widest == 0:
+            return
+        if widest * 8 > closeness.shape[1]:  # a row's first blocks: partition them whole
+            picked = _largest(closeness, k) if closeness.shape[1] > k else \
+                np.broadcast_to(np.arange(closeness.shape[1]), closeness.shape)
+            candidates = np.take_along_axis(closeness, picked, axis=1)
+        else:  # the passing values, each row's packed to the left and padded with -inf
+            row, column = np.nonzero(passing)
+            slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+            candidates = np.full((len(rows), widest), -np.inf, dtype=np.float32)
+            picked = np.zeros((len(rows), widest), dtype=np.int64)
+            candidates[row, slot] = closeness[row, column]
+            picked[row, slot] = column
+        values = np.concatenate([self.values[at], candidates], axis=1)
         indices = np.concatenate([self.indices[at], picked + first_column], axis=1)
         keep = _largest(values, k)
         self.values[at] = np.take_along_axis(values, keep, axis=1)
@@ -205,19 +223,18 @@ def _largest(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(values, values.shape[1] - k, axis=1)[:, -k:]
 
 
-def _numpy_search(X: np.ndarray, queries: list[_Query], block: int) -> list[np.ndarray]:
+def _numpy_search(X: np.ndarray, queries: list[_Query], block: int, squared: np.ndarray) -> list[np.ndarray]:
     """Each query's neighbour indices (M, k), unsorted, from float32 products on the CPU.
 
-    Closeness is larger = nearer, ranked within a query row only, so the row's own factor is
-    left out: cosine x.y / |y| (the query's 1/|x| is the same for all), Euclidean 2 x.y - |y|^2
-    (its |x|^2 likewise). When the queries cover most rows the products are the upper triangle
+    Closeness is larger = nearer, ranked within a query row only, so the row's own term is
+    left out: cosine x.y / |y| (the query's 1/|x| is the same for all), Euclidean x.y - |y|^2 / 2
+    (minus half the squared distance, less the query's |x|^2 / 2). When the queries cover most rows the products are the upper triangle
     of X Xᵀ, each block serving its rows and, transposed, its columns' rows; otherwise the rows
     asked, one row block at a time against all of X.
     """
     count = len(X)
-    norms = np.linalg.norm(X, axis=1)
-    weight = {"cosine": (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32),
-              "euclidean": (X * X).sum(axis=1)}
+    norms = np.sqrt(squared)
+    weight = {"cosine": (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32), "euclidean": 0.5 * squared}
     best = [_Best(query) for query in queries]
 
     def offer(product: np.ndarray, rows: np.ndarray, col_start: int) -> None:
@@ -234,8 +251,7 @@ def _numpy_search(X: np.ndarray, queries: list[_Query], block: int) -> list[np.n
             if query.metric == "cosine":
                 np.multiply(mine, weight["cosine"][columns], out=closeness)
             else:
-                np.multiply(mine, 2.0, out=closeness)
-                closeness -= weight["euclidean"][columns]
+                np.subtract(mine, weight["euclidean"][columns], out=closeness)
             own = rows[asked] - col_start  # a point is not its own neighbour
             inside = (own >= 0) & (own < product.shape[1])
             closeness[np.flatnonzero(inside), own[inside]] = -np.inf
@@ -258,7 +274,8 @@ def _numpy_search(X: np.ndarray, queries: list[_Query], block: int) -> list[np.n
     return [keep.indices for keep in best]
 
 
-def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str,
+                     squared: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The found neighbours' distances computed again from differences, each row sorted (distance, then index).
 
     The search ranks by float32 products, which sum in an order that depends on the BLAS
@@ -268,11 +285,11 @@ def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metri
     own loops: ~7 digits of every distance, near ones included, and the same numbers however
     the neighbours were searched (the follower runs on fewer threads than the stages after
     training, and shares one search between stages). One neighbour rank at a time keeps the
-    temporaries at (256, D).
+    temporaries at (256, D). ``squared``: (N,) |x|^2 of every row.
     """
     if metric == "cosine":
-        norms = np.linalg.norm(X.astype(np.float64), axis=1)
-        X = (X / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+        norms = np.sqrt(squared)
+        X = X / np.where(norms > 0, norms, 1.0)[:, None]
     squared = np.empty(indices.shape, dtype=np.float32)
     for start in range(0, len(rows), 256):
         query = X[rows[start : start + 256]]
@@ -289,6 +306,16 @@ def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metri
     return np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU does bf16 matrix products natively (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
 def _resolve(device: str, search: str, count: int) -> tuple[str, str]:
     """``device`` and ``search`` with "auto" replaced by what this machine does fast."""
     if search not in ("auto", "fp32", "bf16"):
@@ -298,8 +325,6 @@ def _resolve(device: str, search: str, count: int) -> tuple[str, str]:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if search == "auto":
-        from ftviz.embed import cpu_has_fast_bf16
-
         fast = device.startswith("cuda") or cpu_has_fast_bf16()
         search = "bf16" if fast and count > 4096 else "fp32"
     return device, search

