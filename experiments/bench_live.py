@@ -250,7 +250,7 @@ def bench_browser(chromium: str) -> None:
           f"{os.cpu_count()} cores): {len(steps)} frames, {len(latencies)} seen arriving\n")
     print("| snapshot landed -> frame on the page | median (s) | 90th percentile (s) | max (s) |")
     print("|---|---:|---:|---:|")
-    print(f"| followed run, page polling once a second | {np.median(latencies):.2f} | "
+    print(f"| followed run, page polling twice a second | {np.median(latencies):.2f} | "
           f"{np.percentile(latencies, 90):.2f} | {latencies.max():.2f} |")
     print(f"\nthe run's state on the index (/api/runs/browser), in order: {' -> '.join(states)}")
     shutil.rmtree(out, ignore_errors=True)

@@ -7,7 +7,7 @@ re-reads on every request and never writes into:
   a run whose ``run.json`` cannot be read is listed as damaged;
 - ``/runs/{name}/``: the run's animation page. A finished run gets its ``animation.html``
   as it is; any other run a page built from what is analysed so far
-  (:mod:`ftviz.render.live`), whose script polls the status below about once a second and
+  (:mod:`ftviz.render.live`), whose script polls the status below twice a second and
   grows in place (frames, loss curve, cards) while the run is live;
 - ``/api/runs``, ``/api/runs/{name}``: JSON status (:func:`run_status`);
 - ``/api/runs/{name}/data``: the status plus the page's data (``meta``, ``points``,

@@ -20,7 +20,7 @@
  * a new list), not per frame.
  *
  * A page served by `ftviz serve` for a run still being analysed carries #ftviz-live (the
- * status URL): it polls that about once a second and, when the run's revision changes,
+ * status URL): it polls that twice a second while the run is live and, when the run's revision changes,
  * fetches <status URL>/data (the same meta and packed points) and redraws in place, keeping
  * the frame shown and the play state. animation.html has no #ftviz-live and never polls.
  */
@@ -930,7 +930,7 @@
     api.live = { state: live.state, polls: 0, updates: 0 };
     showBadge(live.state);
     async function poll() {
-      let wait = 1000;
+      let wait = 500;
       try {
         const status = await (await fetch(live.api, { cache: "no-store" })).json();
         api.live.polls++;
@@ -942,7 +942,8 @@
         } else {
           showBadge(status.state);
         }
-        // Live or assembling its final files: every second; stopped (may be resumed): now and then.
+        // Live or assembling its final files: twice a second (a status read is a few small files);
+        // stopped (may be resumed): now and then.
         if (api.live.state === "finished") return;
         if (api.live.state === "stopped") wait = 5000;
       } catch (error) {
@@ -951,7 +952,7 @@
       }
       setTimeout(poll, wait);
     }
-    setTimeout(poll, 1000);
+    setTimeout(poll, 500);
   }
 
   /** Newer data of a live run: frames, curves and cards change in place; frame and play state stay. */
