@@ -12,6 +12,10 @@ Why a process apart: a crash or a slow frame in the analysis never stops trainin
 analysis uses cores training leaves idle. A follower that dies costs nothing but time: the
 stages make the frames it did not. Killed anywhere, it loses at most the frame in progress.
 
+Frames go one at a time, and each frame's exact neighbour search is made once for both its
+score and its projection (:class:`FrameNeighbours`); ``analysis/follower.log`` has one line a
+frame with its seconds by part (neighbours, score, project, detect).
+
 On a CPU-only machine training and follower share the cores: :func:`thread_split` gives
 training half (at least one) and the follower the rest; with a GPU training needs one core
 to feed it, and the follower takes the others.
