@@ -223,21 +223,29 @@ class _Loop:
         self.recorder.restore(self.step, rows=[row for row in state["metrics"] if row["step"] <= self.step])
         # Rows past the saved step are trained again; rows before it were written before the save.
         self.recorder.restore_dynamics(self.step)
-        self.write_train_samples()
+        self.write_train_samples(resuming=True)
 
-    def write_train_samples(self) -> None:
+    def write_train_samples(self, *, resuming: bool = False) -> None:
         """``train_samples.parquet``, ``train_images.npy`` (the images' thumbnails, for the page
         and Spotlight) and the split's fingerprint in run.json (rank 0), when dynamics are
-        recorded."""
+        recorded. A resumed run whose split is the one recorded keeps its thumbnails (CIFAR's
+        are the 150 MB of images themselves)."""
         if not self.record_dynamics or self.rank != 0:
             return
-        from ftviz.dynamics import write_train_images, write_train_samples
+        from ftviz.dynamics import read_train_images, write_train_images, write_train_samples
+        from ftviz.errors import FtvizError
 
         splits = self.splits
         write_train_samples(self.run, ids=splits.train_sample_ids, given_labels=splits.train.labels,
                             true_labels=splits.train_true_labels, class_names=splits.class_names)
-        # Written again on resume: a thumbnail of each image costs far less than a snapshot.
-        write_train_images(self.run, ids=splits.train_sample_ids, images=splits.train.images)
+        recorded = self.run.manifest().get("train_split", {}).get("fingerprint")
+        try:
+            kept = resuming and recorded == splits.train_fingerprint and \
+                read_train_images(self.run, count=len(splits.train), mmap=True) is not None
+        except FtvizError:  # damaged: write it again
+            kept = False
+        if not kept:
+            write_train_images(self.run, ids=splits.train_sample_ids, images=splits.train.images)
         self.run.update_manifest(train_split={"fingerprint": splits.train_fingerprint,
                                               "size": len(splits.train), "fixes": splits.fixes_applied})
 

@@ -150,6 +150,10 @@ def assert_same_result(run: RunDir, reference: RunDir) -> None:
                                   reference.projection().drop(columns=timing, errors="ignore"))
     pd.testing.assert_frame_equal(run.metrics(), reference.metrics())
     pd.testing.assert_frame_equal(run.samples(), reference.samples())
+    for name in ("train_images.npy", "train_samples.parquet"):  # kept or written again on resume: the same
+        assert run.file(name).is_file() == reference.file(name).is_file(), name
+        if name.endswith(".npy") and reference.file(name).is_file():
+            np.testing.assert_array_equal(np.load(run.file(name)), np.load(reference.file(name)))
     assert (run.path / "animation.html").read_bytes() == (reference.path / "animation.html").read_bytes()
     assert leftovers(run) == []
 
