@@ -93,7 +93,7 @@ def synthetic_snapshot(rng, centres, labels, progress: float) -> tuple[np.ndarra
     return embedding.astype(np.float16), logits.astype(np.float16)
 
 
-def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "") -> None:
+def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "", lead_in: float = 0.0) -> None:
     from ftviz.config import ExperimentConfig, load_config
     from ftviz.follow import start_follower, thread_split, wait_for_follower
     from ftviz.runs import Probe, open_run
@@ -120,6 +120,9 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
         run.mark_stage("train", "running")
         follower = start_follower(run, device="cuda" if gpu else "cpu")
         landed, steps = {}, []
+        # Training's time before its first snapshot (loading the model and data, the step-0
+        # probe pass): 0 writes the first snapshot as the follower starts.
+        time.sleep(lead_in)
         begin = time.time()
         for t in range(frames):
             time.sleep(max(0.0, begin + t * every - time.time()))  # one every `every` s, however long writing took
@@ -148,7 +151,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
     iterations = (f" (t-SNE iterations {config.project.first_iter} / {config.project.iter} / "
                   f"+{config.project.last_iter})" if method == "tsne" else "")
     print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method}{iterations} "
-          f"({cpu_name()}, {os.cpu_count()} cores, the follower on {thread_split(gpu=gpu)[1]} thread(s))\n")
+          f"({cpu_name()}, {os.cpu_count()} cores, the follower on {thread_split(gpu=gpu)[1]} thread(s), "
+          f"first snapshot {lead_in:g} s after the follower's start)\n")
     names = list(dict.fromkeys(name for row in parts for name in row if name != "total"))
     print("| | total | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
@@ -267,6 +271,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--method", default="tsne", choices=("pca", "tsne"))
     parser.add_argument("--schedule", default="", help="t-SNE iterations first/iter/last (default: default.toml's)")
+    parser.add_argument("--lead-in", type=float, default=0.0,
+                        help="seconds from the follower's start to the first snapshot (training's model load and step-0 probe)")
     parser.add_argument("--gpu", action="store_true", help="split cores as for GPU training")
     parser.add_argument("--browser", action="store_true", help="only the served page in Chromium (section 3)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
@@ -277,7 +283,7 @@ def main() -> None:
     if not args.skip_default:
         bench_default(args.pairs)
     if not args.skip_scale:
-        bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule)
+        bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule, args.lead_in)
 
 
 if __name__ == "__main__":
