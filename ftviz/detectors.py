@@ -531,22 +531,19 @@ def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarra
 
 
 def training_issue_count(*, logits: np.ndarray, labels: np.ndarray, start: int, recommended: int) -> int:
-    """How many training labels to flag: the lowest mode of the area under the margin, or
-    Cleanlab's count where the network has not fitted its data yet.
+    """How many training labels to flag, from two estimates that fail in opposite regimes.
 
-    The area under the margin over the learnt passes (Pleiss et al. 2020) of a training set holds
-    three populations, not two: easy correct labels (large margins), hard but correct ones (near
-    zero: learnt late, or contested by a similar class) and wrong labels (negative for most
-    passes). A two-component mixture puts the hard correct labels in its lower mode (1.5-2x the
-    flips at 10% noise after 6 epochs); with a component of their own, the lowest of three stays
-    at 0.8-1.6x the flips in every regime measured. Cleanlab's count (``recommended``, from
-    :func:`recommend`) undercounts once the network memorises and is the closer one while it
-    still learns. Which regime: when the passes' mean prediction disagrees with more given labels
-    than the lower of two modes holds, the network has not fitted the data (it cannot be hiding
-    wrong labels by memorisation), and the smaller of the two counts is taken; otherwise the
-    three-mode count. Measured on 64 digits runs (5-30% symmetric noise, 6 and 20 epochs, five
-    seeds, 15 training recipes), F1 of the flags: mean 0.779 -> 0.808 against the two-mode rule
-    before it (the true count would give 0.824); better on 33 runs, worse on 5, by at most 0.03.
+    :func:`recommend`'s count (Cleanlab's estimate, or the contradicted labels once the network
+    memorises) is one; the other is the size of the lower mode of the area under the margin over
+    the learnt passes: a two-component Gaussian mixture, the wrong labels' AUM being the lower
+    component (Pleiss et al. 2020 separate the two with threshold samples; a mixture needs no
+    extra training). Which to trust is read from the network itself: when the passes' mean
+    prediction disagrees with more given labels than the lower mode holds, the network is weak
+    and its disagreement includes hard but correct labels, so the smaller count is taken;
+    otherwise the network has learnt the data and memorisation hides wrong labels from the
+    first count, so the larger is. Measured on 11 digits runs (10% and 20% symmetric noise,
+    6-40 epochs, three seeds, three learning rates): F1 never lower than the first count alone,
+    mean 0.76 -> 0.81.
 
     Parameters
     ----------
@@ -555,20 +552,15 @@ def training_issue_count(*, logits: np.ndarray, labels: np.ndarray, start: int, 
     """
     labels = np.asarray(labels, dtype=np.int64)
     aum = given_logit_margins(logits=logits, labels=labels)[start:].mean(axis=0)
-    if len(aum) < 30 or len(np.unique(aum)) < 3:
+    if len(aum) < 10 or not np.ptp(aum) > 0:
         return int(recommended)
-    lowest = _lowest_mode_size(aum, components=3)
-    fitted = int((softmax(np.asarray(logits[start:], dtype=np.float64)).mean(axis=0).argmax(axis=1) != labels).sum()) \
-        <= _lowest_mode_size(aum, components=2)
-    return lowest if fitted else min(int(recommended), lowest)
-
-
-def _lowest_mode_size(values: np.ndarray, *, components: int) -> int:
-    """Samples a one-dimensional Gaussian mixture of ``components`` assigns to its lowest mean."""
     from sklearn.mixture import GaussianMixture
 
-    mixture = GaussianMixture(components, random_state=0).fit(values[:, None])
-    return int((mixture.predict(values[:, None]) == int(np.argmin(mixture.means_.ravel()))).sum())
+    mixture = GaussianMixture(2, random_state=0).fit(aum[:, None])
+    lower = int(np.argmin(mixture.means_.ravel()))
+    in_lower = int((mixture.predict_proba(aum[:, None])[:, lower] > 0.5).sum())
+    disagreeing = int((softmax(np.asarray(logits[start:], dtype=np.float64)).mean(axis=0).argmax(axis=1) != labels).sum())
+    return min(int(recommended), in_lower) if disagreeing > in_lower else max(int(recommended), in_lower)
 
 
 def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: np.ndarray,
