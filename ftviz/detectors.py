@@ -773,11 +773,12 @@ def _suspicion_table(run, section: DetectConfig, samples, steps, logits, quality
 
 
 def interim_suspicion(run, section: DetectConfig, score_section, steps) -> bool:
-    """While training runs: ``suspicion.parquet`` from the history so far (the follower, now
-    and then), from the frames scored under ``analysis/score/``. The detect stage writes the
-    final one; returns False where the history cannot be judged yet."""
+    """While training runs: :data:`INTERIM_SUSPICION`, ``suspicion.parquet``'s table from the
+    history so far (the follower, now and then), from the frames scored under
+    ``analysis/score/``. The detect stage writes the final ``suspicion.parquet``; returns False
+    where the history cannot be judged yet."""
     from ftviz.quality import score_cache
-    from ftviz.rundir import write_parquet
+    from ftviz.rundir import INTERIM_SUSPICION, write_parquet
 
     cache = score_cache(run, score_section)
     frames = [cache.get(step) for step in steps]
@@ -794,7 +795,9 @@ def interim_suspicion(run, section: DetectConfig, score_section, steps) -> bool:
                                        frames[-1]["outlier_score"], trained_on)
     except (FtvizError, ValueError):
         return False  # too early to judge (e.g. nothing learnt yet): the next interval tries again
-    write_parquet(run.file("suspicion.parquet"), table)
+    # Its own file, never suspicion.parquet: training may end, and the detect stage write the
+    # final table, between this process reading "running" and this write.
+    write_parquet(run.file(INTERIM_SUSPICION), table)
     return True
 
 

@@ -218,6 +218,11 @@ def snapshot_name(step: int, suffix: str = ".npz") -> str:
     return f"step-{int(step):07d}{suffix}"
 
 
+# The follower's suspicion table while training runs (ftviz.detectors.interim_suspicion): the
+# live page shows it until the detect stage has written suspicion.parquet.
+INTERIM_SUSPICION = "analysis/suspicion.interim.parquet"
+
+
 class RunDir:
     """Read and write one run directory.
 
@@ -554,8 +559,9 @@ class RunDir:
         out["present"] = present
         return out
 
-    def suspicion(self, *, optional: bool = False, count: int | None = None):
-        """``suspicion.parquet`` in id order, one row per probe sample.
+    def suspicion(self, *, optional: bool = False, count: int | None = None, name: str = "suspicion.parquet"):
+        """``suspicion.parquet`` in id order, one row per probe sample (``name``: another file of
+        its columns, the follower's interim table).
 
         Parameters
         ----------
@@ -569,11 +575,11 @@ class RunDir:
         pandas.DataFrame with at least :attr:`SUSPICION_CORE`; detector columns an earlier ftviz
         did not write are absent, not refused. None only when ``optional``.
         """
-        if optional and not self.file("suspicion.parquet").is_file():
+        if optional and not self.file(name).is_file():
             return None
         if not optional:
             self.require("detect")
-        table = self.read_parquet("suspicion.parquet", "detect")
+        table = self.read_parquet(name, "detect")
         count = len(self.samples()) if count is None else int(count)
         rerun = f"rerun `ftviz detect {self.path}`"
         missing = [c for c in self.SUSPICION_CORE if c not in table]

@@ -175,9 +175,11 @@ def _final_files_ready(run, stages: dict) -> bool:
 
 def _revision(run, status: dict) -> str:
     """Changes when a file the page reads changes (per-frame files are counted, not timed: immutable)."""
+    from ftviz.rundir import INTERIM_SUSPICION
+
     parts = [status["state"], status["source"] or "-", str(status["frames"])]
-    for name in ("metrics.parquet", "suspicion.parquet", "detectors.parquet", "frames.npy", "animation.html",
-                 "train_suspicion.parquet", "train_images.npy"):  # the training set's panel
+    for name in ("metrics.parquet", "suspicion.parquet", INTERIM_SUSPICION, "detectors.parquet",
+                 "frames.npy", "animation.html", "train_suspicion.parquet", "train_images.npy"):
         try:
             parts.append(str(run.file(name).stat().st_mtime_ns))
         except OSError:

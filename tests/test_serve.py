@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from ftviz.errors import FtvizError
-from ftviz.rundir import RunDir, atomic_path, write_json, write_parquet
+from ftviz.rundir import INTERIM_SUSPICION, RunDir, atomic_path, write_json, write_parquet
 from ftviz.serve import BackgroundServer, run_names
 
 FINAL_FILES = ("frames.npy", "scores.parquet", "projection.parquet", "suspicion.parquet", "detectors.parquet",
@@ -135,7 +135,8 @@ class LiveRun:
                             ("explained_variance", "disparity_to_previous", "knn_overlap")})
 
     def write_suspicion(self) -> None:
-        shutil.copy(self.finished.file("suspicion.parquet"), self.run.file("suspicion.parquet"))
+        """The follower's interim suspicion table (never suspicion.parquet: the detect stage's)."""
+        shutil.copy(self.finished.file("suspicion.parquet"), self.run.file(INTERIM_SUSPICION))
 
     def finish(self) -> None:
         """Training ends and the final files are assembled, as the follower does."""
@@ -335,7 +336,7 @@ def test_live_run_is_shown_as_far_as_it_goes(tiny_run, runs_root, serve_folder):
     live.write_suspicion()
     grown = get_json(api + "/data")
     assert grown["revision"] != status["revision"] and grown["meta"]["T"] == 3
-    suspicion = pd.read_parquet(live.run.file("suspicion.parquet")).sort_values("suspicion", ascending=False)
+    suspicion = pd.read_parquet(live.run.file(INTERIM_SUSPICION)).sort_values("suspicion", ascending=False)
     assert grown["meta"]["suspicion"]["top"][0]["id"] == int(suspicion["id"].iloc[0])
 
     live.finish()
@@ -424,7 +425,7 @@ def test_live_page_grows_in_place_then_reads_finished(tiny_run, runs_root, serve
         shown = page.evaluate("window.ftviz.pointsOf(2)")
         assert np.abs(np.stack([shown["x"], shown["y"]], 1) - live.frames[2]).max() <= grid_step(live.frames[:3])
         # suspicion.parquet appeared: the cards now list the most suspicious labels.
-        suspicion = pd.read_parquet(live.run.file("suspicion.parquet")).sort_values("suspicion", ascending=False,
+        suspicion = pd.read_parquet(live.run.file(INTERIM_SUSPICION)).sort_values("suspicion", ascending=False,
                                                                                    kind="stable")
         page.wait_for_function("document.querySelector('#outliers .outlier') !== null")
         assert int(page.get_attribute("#outliers .outlier >> nth=0", "data-id")) == int(suspicion["id"].iloc[0])

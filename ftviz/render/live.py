@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ftviz.errors import FtvizError
-from ftviz.rundir import snapshot_name
+from ftviz.rundir import INTERIM_SUSPICION, snapshot_name
 from ftviz.render.data import (AnimationData, _epochs_at, _metric_columns, generated_images, probe_labels,
                                projection_info, top_count, top_outlier_ids, training_labels, training_suspects)
 
@@ -176,8 +176,11 @@ def _probe_images(run, n_points: int) -> np.ndarray | None:
 
 
 def _suspicion_so_far(run, n_points: int):
-    """``suspicion.parquet`` as the follower last wrote it, or None (not yet, or not of this probe)."""
+    """The detect stage's ``suspicion.parquet`` once it is done, else the follower's latest
+    interim table (else an earlier ``suspicion.parquet``); None: not yet, or not of this probe."""
     try:
+        if run.stage_status("detect") != "done" and run.file(INTERIM_SUSPICION).is_file():
+            return run.suspicion(optional=True, count=n_points, name=INTERIM_SUSPICION)
         return run.suspicion(optional=True, count=n_points)
     except FtvizError:
         return None
