@@ -185,8 +185,16 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     device = config.score.device
     if device == "auto":
         device = os.environ.get("FTVIZ_FOLLOWER_DEVICE", "auto")
-    _import_frame_modules(config, device)
-    log(f"follow: ready after {time.perf_counter() - STARTED:.2f} s of imports")
+    # Imported beside the wait for the first snapshot and its neighbour search (numpy, which
+    # releases the interpreter while it multiplies): a frame's first use of cleanlab waits
+    # for its import to finish, never repeats it.
+    import threading
+
+    def import_frame_modules() -> None:
+        _import_frame_modules(config, device)
+        log(f"follow: ready after {time.perf_counter() - STARTED:.2f} s of imports")
+
+    threading.Thread(target=import_frame_modules, name="ftviz-follower-imports", daemon=True).start()
     neighbours = FrameNeighbours(config, device)
     scored: set[int] = set()
     following_projection = True

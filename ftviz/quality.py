@@ -148,22 +148,26 @@ def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, s
     embedding (N, D), logits (N, C), labels (N,) given labels; ``section`` the ``[score]``
     settings (k, method, device); ``neighbours`` the frame's shared search, if any.
     """
-    probs = softmax(logits)
-    quality, issues = label_scores_from_probs(probs=probs, labels=labels)
-    frame = {"label_quality": np.asarray(quality), "is_label_issue": np.asarray(issues),
-             "predicted_label": probs.argmax(1).astype(np.int64), "confidence": probs.max(1)}
+    found = None
     if neighbour_queries(section, embedding.shape):
-        # The cosine neighbours are kept with the scores (N x k int32): the detect stage's kNN
-        # label vote on the last frame reads them instead of searching it again.
+        # The neighbour search first: numpy alone, so a follower still importing cleanlab in
+        # another thread finishes that meanwhile. The cosine neighbours are kept with the
+        # scores (N x k int32): the detect stage's kNN label vote on the last frame reads them.
         if neighbours is None:
             neighbours = NeighbourSearch(embedding, neighbour_queries(section, embedding.shape),
                                          device=section.device, search="auto")
         found, distances = neighbours.get("cosine", section.k)
-        frame["outlier_score"] = outlier_scores(embedding, k=section.k, method=section.method, distances=distances)
-        frame["neighbours"] = found.astype(np.int32)
+        outlier = outlier_scores(embedding, k=section.k, method=section.method, distances=distances)
     else:
-        frame["outlier_score"] = outlier_scores(embedding, k=section.k, method=section.method, device=section.device)
-    return {"outlier_score": np.asarray(frame.pop("outlier_score")), **frame}
+        outlier = outlier_scores(embedding, k=section.k, method=section.method, device=section.device)
+    probs = softmax(logits)
+    quality, issues = label_scores_from_probs(probs=probs, labels=labels)
+    frame = {"outlier_score": np.asarray(outlier), "label_quality": np.asarray(quality),
+             "is_label_issue": np.asarray(issues), "predicted_label": probs.argmax(1).astype(np.int64),
+             "confidence": probs.max(1)}
+    if found is not None:
+        frame["neighbours"] = found.astype(np.int32)
+    return frame
 
 
 def score_frames(run, section: ScoreConfig, steps, *, progress: bool = False, neighbours=None):
