@@ -98,8 +98,8 @@ def exact_neighbours(
     >>> exact_neighbours(X, 1, metric="euclidean", rows=[2])[1].round(4).tolist()
     [[1.2728]]
     """
-    search_ = NeighbourSearch(X, [(metric, k, rows)], block=block, device=device, search=search, margin=margin)
-    return search_.get(metric, k, rows)
+    return NeighbourSearch(X, [(metric, k, rows)], block=block, device=device, search=search,
+                           margin=margin).get(metric, k, rows)
 
 
 class NeighbourSearch:

@@ -148,14 +148,13 @@ def score_frame(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, s
     embedding (N, D), logits (N, C), labels (N,) given labels; ``section`` the ``[score]``
     settings (k, method, device); ``neighbours`` the frame's shared search, if any.
     """
-    found = None
-    if neighbour_queries(section, embedding.shape):
+    found, queries = None, neighbour_queries(section, embedding.shape)
+    if queries:
         # The neighbour search first: numpy alone, so a follower still importing cleanlab in
         # another thread finishes that meanwhile. The cosine neighbours are kept with the
         # scores (N x k int32): the detect stage's kNN label vote on the last frame reads them.
         if neighbours is None:
-            neighbours = NeighbourSearch(embedding, neighbour_queries(section, embedding.shape),
-                                         device=section.device, search="auto")
+            neighbours = NeighbourSearch(embedding, queries, device=section.device, search="auto")
         found, distances = neighbours.get("cosine", section.k)
         outlier = outlier_scores(embedding, k=section.k, method=section.method, distances=distances)
     else:

@@ -584,10 +584,10 @@ class RunDir:
         rerun = f"rerun `ftviz detect {self.path}`"
         missing = [c for c in self.SUSPICION_CORE if c not in table]
         if missing:
-            raise FtvizError(f"{self.path}/suspicion.parquet lacks the columns {', '.join(missing)}; {rerun}")
+            raise FtvizError(f"{self.path}/{name} lacks the columns {', '.join(missing)}; {rerun}")
         table = table.sort_values("id").reset_index(drop=True)
         if not np.array_equal(table["id"].to_numpy(), np.arange(count)):
-            raise FtvizError(f"{self.path}/suspicion.parquet has {len(table)} rows, not one per probe sample "
+            raise FtvizError(f"{self.path}/{name} has {len(table)} rows, not one per probe sample "
                              f"(ids 0..{count - 1}); {rerun}")
         return table
 
