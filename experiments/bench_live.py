@@ -6,13 +6,17 @@ Two measurements, both ways in one run (run it on a quiet machine):
    alternated: wall time of the whole command, and how long after training's last snapshot the
    page is complete (animation.html's write time minus the last snapshot file's).
 2. The article's probe scale: snapshots of 10,000 x 768 float16 written into a run one every
-   ``--every`` seconds (as training would), with the follower started as a route starts it:
-   per-frame seconds by part (score, projection), and the follower's lag in frames when each
-   snapshot lands.
+   ``--every`` seconds (as training on a GPU would: no CPU training lands them this fast), with
+   the follower started as a route training on a GPU starts it (``share="idle"``: each frame
+   takes the cores nobody else used during the last): per-frame seconds by part (neighbours,
+   score, projection) and threads, and the follower's lag in frames when each snapshot lands.
+   ``--busy-core`` keeps one core busy meanwhile, as GPU training's feeding loop does; ``--split``
+   gives the follower the fixed half of the cores of CPU training instead.
 
     python experiments/bench_live.py                 # both, 2 pairs, then the scale run
     python experiments/bench_live.py --pairs 3 --skip-scale
     python experiments/bench_live.py --skip-default --frames 12 --every 3 --method tsne
+    python experiments/bench_live.py --skip-default --busy-core
 
 Prints markdown tables (for the README).
 """
@@ -93,12 +97,11 @@ def synthetic_snapshot(rng, centres, labels, progress: float) -> tuple[np.ndarra
     return embedding.astype(np.float16), logits.astype(np.float16)
 
 
-def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "", lead_in: float = 0.0) -> None:
+def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "", lead_in: float = 0.0,
+                share: str = "idle", busy_core: bool = False) -> None:
     from ftviz.config import ExperimentConfig, load_config
-    from ftviz.follow import start_follower, thread_split, wait_for_follower
+    from ftviz.follow import start_follower, wait_for_follower
     from ftviz.runs import Probe, open_run
-
-    gpu = "--gpu" in sys.argv
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, n)
@@ -118,7 +121,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
         run, _ = open_run(Path(scratch) / "scale", config=config, probe=probe,
                           manifest=lambda: {"name": "scale", "config": config.to_dict()})
         run.mark_stage("train", "running")
-        follower = start_follower(run, device="cuda" if gpu else "cpu")
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
+        follower = start_follower(run, device="cpu", share=share)
         landed, steps = {}, []
         # Training's time before its first snapshot (loading the model and data, the step-0
         # probe pass): 0 writes the first snapshot as the follower starts.
@@ -136,6 +140,9 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
         run.mark_stage("train", "done")
         training_end = time.time()
         wait_for_follower(follower)
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         analysis = Path(run.path) / "analysis"
 
         def made(stage, step):
@@ -151,9 +158,11 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
     iterations = (f" (t-SNE iterations {config.project.first_iter} / {config.project.iter} / "
                   f"+{config.project.last_iter})" if method == "tsne" else "")
     print(f"\n{frames} snapshots of {n:,} x {d} landing every {every:g} s, project.method={method}{iterations} "
-          f"({cpu_name()}, {os.cpu_count()} cores, the follower on {thread_split(gpu=gpu)[1]} thread(s), "
-          f"first snapshot {lead_in:g} s after the follower's start)\n")
-    names = list(dict.fromkeys(name for row in parts for name in row if name != "total"))
+          f"({cpu_name()}, {os.cpu_count()} cores, " + ("one kept busy, " if busy_core else "")
+          + (f"the follower on the idle cores: {', '.join(str(row['threads']) for row in parts)} thread(s) by frame, "
+             if share == "idle" else f"the follower on the fixed half of the cores, {parts[0]['threads']} thread(s), ")
+          + f"first snapshot {lead_in:g} s after the follower's start)\n")
+    names = list(dict.fromkeys(name for row in parts for name in row if name not in ("total", "threads")))
     print("| | total | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for label, rows in (("first frame (s)", parts[:1]), ("later frames, median (s)", parts[1:])):
@@ -167,16 +176,16 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
 
 
 def follower_parts(log: Path) -> list[dict]:
-    """Per-frame seconds by part from follower.log ("follow: frame to step S in T s (part x, ...)")."""
+    """Per-frame threads and seconds by part from follower.log ("follow: frame to step S on N thread(s) in T s (part x, ...)")."""
     import re
 
     rows = []
     for line in log.read_text().splitlines():
-        found = re.match(r"follow: frame to step \d+ in ([\d.]+) s \((.*)\)", line)
+        found = re.match(r"follow: frame to step \d+ on ([\d/]+) thread\(s\) in ([\d.]+) s \((.*)\)", line)
         if found:
-            row = {"total": float(found.group(1))}
+            row = {"threads": found.group(1), "total": float(found.group(2))}
             row.update({name: float(value) for name, value in
-                        (part.rsplit(" ", 1) for part in found.group(2).split(", "))})
+                        (part.rsplit(" ", 1) for part in found.group(3).split(", "))})
             rows.append(row)
     return rows
 
@@ -273,7 +282,8 @@ def main() -> None:
     parser.add_argument("--schedule", default="", help="t-SNE iterations first/iter/last (default: default.toml's)")
     parser.add_argument("--lead-in", type=float, default=0.0,
                         help="seconds from the follower's start to the first snapshot (training's model load and step-0 probe)")
-    parser.add_argument("--gpu", action="store_true", help="split cores as for GPU training")
+    parser.add_argument("--busy-core", action="store_true", help="keep one core busy, as GPU training's feeding loop does")
+    parser.add_argument("--split", action="store_true", help="the follower on the fixed half of the cores (CPU training's share)")
     parser.add_argument("--browser", action="store_true", help="only the served page in Chromium (section 3)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
@@ -283,7 +293,8 @@ def main() -> None:
     if not args.skip_default:
         bench_default(args.pairs)
     if not args.skip_scale:
-        bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule, args.lead_in)
+        bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule, args.lead_in,
+                    share="split" if args.split else "idle", busy_core=args.busy_core)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,18 @@ Frames go one at a time, and each frame's exact neighbour search is made once fo
 score and its projection (:class:`FrameNeighbours`); ``analysis/follower.log`` has one line a
 frame with its seconds by part (neighbours, score, project, detect).
 
-On a CPU-only machine training and follower share the cores: :func:`thread_split` gives
-training half (at least one) and the follower the rest; with a GPU training needs one core
-to feed it, and the follower takes the others.
+How the cores are shared (``start_follower``'s ``share``):
+
+- "split", training on the CPU: :func:`thread_split` gives training half (at least one) and
+  the follower the rest, fixed (two processes left to their own thread counts gained
+  nothing on 2 cores; one thread each, 0.88x).
+- "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
+  workers some more; the follower takes, frame by frame, the cores nobody else used during
+  the frame before (:class:`IdleCores`, from ``/proc/stat``).
+
+A frame's threads reach its neighbour search and t-SNE through ``FTVIZ_THREADS``
+(:func:`ftviz.numerics.cpu_threads`) and the BLAS through threadpoolctl; neither changes the
+numbers, only how soon they are ready.
 """
 
 from __future__ import annotations
@@ -37,20 +46,76 @@ DETECT_EVERY = 5  # frames between the follower's interim suspicion tables (the 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def thread_split(cores: int | None = None, *, gpu: bool = False) -> tuple[int, int]:
-    """(training threads, follower threads) for ``cores`` CPU cores."""
-    cores = max(1, cores or os.cpu_count() or 1)
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def thread_split(cores: int | None = None) -> tuple[int, int]:
+    """(training threads, follower threads) for ``cores`` CPU cores, training on the CPU: half each."""
+    cores = max(1, cores or available_cores())
     if cores == 1:
         return 1, 1
-    training = 1 if gpu else max(1, cores // 2)
+    training = max(1, cores // 2)
     return training, max(1, cores - training)
 
 
-def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.Popen | None:
+class IdleCores:
+    """The follower's threads for its next frame: the cores nobody else used during the last.
+
+    Reads ``/proc/stat`` (busy time of each core this process may run on) and
+    ``/proc/self/stat`` (the follower's own time): idle = cores - (busy - own) / elapsed,
+    rounded to the nearest core, at least one and at most ``most``, over the time since the
+    last call (or :meth:`restart`). Where ``/proc`` is not there (macOS), ``most``. The
+    follower also runs niced (``start_follower``), so where both want a core, training wins.
+    """
+
+    def __init__(self, most: int):
+        self.most = max(1, most)
+        try:
+            self.cpus = {f"cpu{index}" for index in os.sched_getaffinity(0)}
+        except AttributeError:
+            self.cpus = set()
+        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            busy = 0
+            with open("/proc/stat") as stat:
+                for line in stat:
+                    name, *fields = line.split()
+                    if name in self.cpus:  # user nice system idle iowait irq softirq steal ...
+                        values = [int(value) for value in fields[:8]]
+                        busy += sum(values) - values[3] - values[4]
+            with open("/proc/self/stat") as stat:
+                own = stat.read().rsplit(")", 1)[1].split()  # after the command name: state is field 3
+            return time.monotonic(), busy / self.ticks, (int(own[11]) + int(own[12])) / self.ticks
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def restart(self) -> None:
+        """Measure from now (the follower was waiting: the share is the recent one)."""
+        self._last = self._sample()
+
+    def __call__(self) -> int:
+        now = self._sample()
+        last, self._last = self._last, now
+        if now is None or last is None or not self.cpus or now[0] - last[0] < 0.05:
+            return self.most
+        others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+        return max(1, min(self.most, int(len(self.cpus) - others + 0.5)))
+
+
+def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None, log=None) -> subprocess.Popen | None:
     """Start the follower of ``run`` (rank 0 only); returns its process, or None when off.
 
-    ``device`` is where training runs ("cpu", "cuda", ...): it decides the split of the
-    cores. The training process's own torch threads are set here too.
+    ``device`` is where training runs ("cpu", "cuda", ...). ``share``: how the cores are
+    shared, "split" or "idle" (the module's docstring); default "split" when training runs on
+    the CPU, else "idle". With "split" the training process's own torch threads are set here.
     """
     from ftviz.config import config_from_manifest
 
@@ -58,15 +123,24 @@ def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.
     if not config.train.follow:
         return None
     gpu = not str(device).startswith("cpu")
-    training_threads, follower_threads = thread_split(gpu=gpu)
-    try:
-        import torch
+    share = share or ("idle" if gpu else "split")
+    if share not in ("split", "idle"):
+        raise ValueError(f"share must be 'split' or 'idle', got {share!r}")
+    if share == "split":
+        training_threads, follower_threads = thread_split()
+        try:
+            import torch
 
-        if not gpu:
             torch.set_num_threads(training_threads)
-    except ImportError:
-        pass
+        except ImportError:
+            pass
+    else:  # the most it may take; each frame takes what was idle (IdleCores)
+        follower_threads = max(1, available_cores())
     env = dict(os.environ, **{name: str(follower_threads) for name in THREAD_VARIABLES})
+    env["FTVIZ_FOLLOWER_SHARE"] = share
+    # Sharing cores it measures as idle, the follower yields to training at once when training
+    # wants one back (a GPU's feeding loop waits for no analysis).
+    nice = (lambda: os.nice(10)) if share == "idle" and hasattr(os, "nice") else None
     env.pop("FTVIZ_TEST_KILL_AT", None)  # a test's stop point is training's, not the follower's
     # Training on the CPU: so is the analysis ([score] device "auto" would import torch, ~2 s of
     # the follower's start, only to find no GPU). Training on a GPU: the analysis may use it too.
@@ -79,9 +153,11 @@ def start_follower(run: RunDir, *, device: str = "cpu", log=None) -> subprocess.
             [sys.executable, "-m", "ftviz.follow", str(run.path)],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env,
             start_new_session=True,  # Ctrl-C in the terminal stops training; training stops the follower
+            preexec_fn=nice,
         )
     if log is not None:
-        log(f"ftviz: following the run as it trains (pid {process.pid}, {follower_threads} thread(s))")
+        threads = f"{follower_threads} thread(s)" if share == "split" else f"the idle cores of {follower_threads}"
+        log(f"ftviz: following the run as it trains (pid {process.pid}, {threads})")
     _import_later_stages()
     return process
 
@@ -116,7 +192,8 @@ PROJECTION_MODULES = {"tsne": ("openTSNE",), "umap": ("umap",)}
 
 
 def _import_frame_modules(config, device: str) -> None:
-    _import_quietly(FRAME_MODULES + PROJECTION_MODULES.get(config.project.method, ())
+    # The projection's first: a frame is projected before it is scored.
+    _import_quietly(PROJECTION_MODULES.get(config.project.method, ()) + FRAME_MODULES
                     + (("torch",) if device != "cpu" else ()))
 
 
@@ -196,6 +273,8 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
 
     threading.Thread(target=import_frame_modules, name="ftviz-follower-imports", daemon=True).start()
     neighbours = FrameNeighbours(config, device)
+    most = int(os.environ.get("OMP_NUM_THREADS") or available_cores())
+    idle = IdleCores(most) if os.environ.get("FTVIZ_FOLLOWER_SHARE") == "idle" else (lambda: most)
     scored: set[int] = set()
     following_projection = True
     detected_at = 0
@@ -203,11 +282,11 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
         status = run.stage_status("train")  # read before the steps: a step listed by then is final
         steps = ready_steps(run)
         new = [step for step in steps if step not in scored]
-        for step in new:  # a frame at a time: its score and projection share one neighbour search
+        for step in new:  # a frame at a time: its projection and score share one neighbour search
+            threads = _use_threads(idle())
             clock = _PartClock(neighbours)
-            score_frames(run, config.score, [step], neighbours=neighbours)
-            scored.add(step)
-            clock.lap("score")
+            # The projection first: the score's cleanlab may still be importing (the first
+            # frame, when it lands as the follower starts) and finishes meanwhile.
             if following_projection:
                 # Training was done before the steps were read: these are all of them, so the
                 # last frame's settle (project.last_iter) is made here too, not in the stage after.
@@ -216,13 +295,16 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
                                                       final=status == "done" and step == steps[-1],
                                                       neighbours=neighbours) is not None
                 clock.lap("project")
+            score_frames(run, config.score, [step], neighbours=neighbours)
+            scored.add(step)
+            clock.lap("score")
             # The suspicion cards, refreshed now and then while training runs; once it is done
             # the detect stage writes the final ones (beside this process: never overwrite them).
             if status != "done" and len(scored) - detected_at >= DETECT_EVERY:
                 if interim_suspicion(run, config.detect, config.score, sorted(scored)):
                     detected_at = len(scored)
                 clock.lap("detect")
-            log(f"follow: frame to step {step} in {clock.describe()}")
+            log(f"follow: frame to step {step} on {threads} thread(s) in {clock.describe()}")
         if new:
             continue
         if status == "done":
@@ -230,6 +312,8 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
         if status not in ("running", "pending") or not _parent_alive():
             return 1
         time.sleep(poll_s)
+        if isinstance(idle, IdleCores):
+            idle.restart()  # waiting: the next frame's share is what the others used meanwhile
 
 
 class _PartClock:
@@ -280,6 +364,18 @@ class FrameNeighbours:
             self.seconds += time.perf_counter() - started
             self.step = step
         return self.search
+
+
+def _use_threads(threads: int) -> int:
+    """This frame's threads: for the neighbour search and t-SNE (FTVIZ_THREADS) and the BLAS."""
+    os.environ["FTVIZ_THREADS"] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+    except ImportError:
+        pass
+    return threads
 
 
 def _parent_alive() -> bool:

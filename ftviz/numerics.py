@@ -17,6 +17,8 @@ Conventions
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 METRICS = ("cosine", "euclidean")
@@ -61,7 +63,7 @@ def softmax(logits: np.ndarray, *, axis: int = -1) -> np.ndarray:
 # ---- neighbours ----------------------------------------------------------------------------
 def exact_neighbours(
     X: np.ndarray, k: int, *, metric: str = "cosine", rows=None, block: int = 1024, device: str = "cpu",
-    search: str = "fp32", margin: int = 16,
+    search: str = "fp32", margin: int = 16, threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest *other* rows of ``X`` for each query row, exactly, nearest first.
 
@@ -86,6 +88,9 @@ def exact_neighbours(
         the margin covering bf16's rounding (~4e-3 on a cosine): identical neighbours to "fp32"
         on a clustered 10,000 x 768 test, where a margin of 8 changed 1 % of the rows; "auto"
         takes "bf16" for N > 4096 where bf16 is fast, else "fp32".
+    threads : CPU threads of the numpy search (the products, the selection and the distances);
+        default :func:`cpu_threads`. The work is cut into the same tasks of ``ROWS_PER_TASK``
+        rows whatever the count, so any number of threads finds the same neighbours, ties included.
 
     Returns
     -------
@@ -99,7 +104,7 @@ def exact_neighbours(
     [[1.2728]]
     """
     return NeighbourSearch(X, [(metric, k, rows)], block=block, device=device, search=search,
-                           margin=margin).get(metric, k, rows)
+                           margin=margin, threads=threads).get(metric, k, rows)
 
 
 class NeighbourSearch:
@@ -123,23 +128,25 @@ class NeighbourSearch:
     """
 
     def __init__(self, X: np.ndarray, queries, *, block: int = 1024, device: str = "cpu", search: str = "fp32",
-                 margin: int = 16):
+                 margin: int = 16, threads: int | None = None):
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2:
             raise ValueError(f"X must be (N, D), got shape {X.shape}")
-        self.X, self.options = X, dict(block=block, device=device, search=search, margin=margin)
+        self.X = X
+        self.options = dict(block=block, device=device, search=search, margin=margin, threads=threads)
         planned = [_Query.make(metric, k, rows, len(X)) for metric, k, rows in queries]
         device, search = _resolve(device, search, len(X))
         squared = np.einsum("ij,ij->i", X, X)  # |x|^2 per row, by numpy's own loop (float32)
-        if not planned:
-            found = []
-        elif device == "cpu" and search == "fp32":
-            found = _numpy_search(X, planned, block, squared)
-        else:
-            found = [_torch_search(X, query, device=device, search=search, margin=margin, block=block)
-                     for query in planned]
-        self._sets = [(query, *_exact_distances(X, query.rows, indices, query.metric, squared))
-                      for query, indices in zip(planned, found)]
+        with _Workers(cpu_threads() if threads is None else threads) as workers:
+            if not planned:
+                found = []
+            elif device == "cpu" and search == "fp32":
+                found = _numpy_search(X, planned, block, squared, workers)
+            else:
+                found = [(_torch_search(X, query, device=device, search=search, margin=margin, block=block), None)
+                         for query in planned]
+            self._sets = [(query, *_exact_distances(X, query.rows, indices, query.metric, squared, workers, closeness))
+                          for query, (indices, closeness) in zip(planned, found)]
 
     def get(self, metric: str, k: int, rows=None) -> tuple[np.ndarray, np.ndarray]:
         """(indices (M, k) int64, distances (M, k) float64) as :func:`exact_neighbours` returns them."""
@@ -185,17 +192,19 @@ class _Best:
         self.values = np.full((len(query.rows), query.k), -np.inf, dtype=np.float32)
         self.indices = np.zeros((len(query.rows), query.k), dtype=np.int64)
 
-    def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int) -> None:
+    def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int, passing: np.ndarray | None = None) -> None:
         """Candidates for query ``rows`` (global indices): closeness (len(rows), B) to columns from ``first_column``.
 
         Only values above a row's k-th best so far can enter its k best: after a row's first
         block few do (about k / j in its j-th block), so they are gathered sparsely instead of
         partitioning the whole block (measured at 10,000 x 768, k = 10: ~5x less time than a
-        partition of every block).
+        partition of every block). ``passing``: scratch (len(rows), B) bool, reused by the caller.
         """
         k = self.query.k
         at = self.query.where[rows]
-        passing = closeness > self.values[at].min(axis=1)[:, None]  # the k-th best so far
+        if passing is None:
+            passing = np.empty(closeness.shape, dtype=bool)
+        np.greater(closeness, self.values[at].min(axis=1)[:, None], out=passing)  # above the k-th best so far
         counts = passing.sum(axis=1)
         widest = int(counts.max()) if len(counts) else 0
         if widest == 0:
@@ -205,11 +214,12 @@ class _Best:
                 np.broadcast_to(np.arange(closeness.shape[1]), closeness.shape)
             candidates = np.take_along_axis(closeness, picked, axis=1)
         else:  # the passing values, each row's packed to the left and padded with -inf
-            row, column = np.nonzero(passing)
+            flat = np.flatnonzero(passing)  # one index array, row-major: rows in order
+            row, column = np.divmod(flat, closeness.shape[1])
             slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
             candidates = np.full((len(rows), widest), -np.inf, dtype=np.float32)
             picked = np.zeros((len(rows), widest), dtype=np.int64)
-            candidates[row, slot] = closeness[row, column]
+            candidates[row, slot] = closeness.ravel()[flat]
             picked[row, slot] = column
         values = np.concatenate([self.values[at], candidates], axis=1)
         indices = np.concatenate([self.indices[at], picked + first_column], axis=1)
@@ -223,19 +233,38 @@ def _largest(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(values, values.shape[1] - k, axis=1)[:, -k:]
 
 
-def _numpy_search(X: np.ndarray, queries: list[_Query], block: int, squared: np.ndarray) -> list[np.ndarray]:
-    """Each query's neighbour indices (M, k), unsorted, from float32 products on the CPU.
+def _numpy_search(X: np.ndarray, queries: list[_Query], block: int, squared: np.ndarray,
+                  workers: "_Workers") -> list[np.ndarray]:
+    """Each query's neighbour indices (M, k), unsorted, and their closeness (M, k) float32,
+    from float32 products on the CPU.
 
     Closeness is larger = nearer, ranked within a query row only, so the row's own term is
     left out: cosine x.y / |y| (the query's 1/|x| is the same for all), Euclidean x.y - |y|^2 / 2
-    (minus half the squared distance, less the query's |x|^2 / 2). When the queries cover most rows the products are the upper triangle
-    of X Xᵀ, each block serving its rows and, transposed, its columns' rows; otherwise the rows
-    asked, one row block at a time against all of X.
+    (minus half the squared distance, less the query's |x|^2 / 2). When the queries cover most
+    rows the products are the upper triangle of X Xᵀ, each block serving its rows and,
+    transposed, its columns' rows; otherwise the rows asked, a block at a time against all of X.
+
+    The work is cut into tasks of ``ROWS_PER_TASK`` query rows, each computing its rows of the
+    product (one BLAS thread: OpenBLAS's own threads would spin beside the workers) and offering
+    them to every set. The tasks are the same whatever the threads, so are the neighbours: each
+    row meets its candidates in the same groups (which, at an exact tie with the k-th best,
+    decides which of the equally near stays).
     """
     count = len(X)
     norms = np.sqrt(squared)
     weight = {"cosine": (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32), "euclidean": 0.5 * squared}
     best = [_Best(query) for query in queries]
+    # Each worker's scratch, reused task after task: fresh arrays of a megabyte each cost more
+    # in page faults than the arithmetic done in them.
+    scratch = threading.local()
+
+    def reused(name: str, shape: tuple, dtype) -> np.ndarray:
+        size = shape[0] * shape[1]
+        buffer = getattr(scratch, name, None)
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(max(size, ROWS_PER_TASK * min(block, count)), dtype=dtype)
+            setattr(scratch, name, buffer)
+        return buffer[:size].reshape(shape)
 
     def offer(product: np.ndarray, rows: np.ndarray, col_start: int) -> None:
         """Candidates from ``product`` (len(rows), B): rows (global indices) against columns col_start..."""
@@ -246,8 +275,8 @@ def _numpy_search(X: np.ndarray, queries: list[_Query], block: int, squared: np.
                 continue
             mine = product if asked.all() else product[asked]
             # Written row-major whatever the product's layout (the transposed blocks), so the
-            # per-row partition below reads contiguous memory.
-            closeness = np.empty(mine.shape, dtype=np.float32)
+            # per-row partition reads contiguous memory.
+            closeness = reused("closeness", mine.shape, np.float32)
             if query.metric == "cosine":
                 np.multiply(mine, weight["cosine"][columns], out=closeness)
             else:
@@ -255,55 +284,169 @@ def _numpy_search(X: np.ndarray, queries: list[_Query], block: int, squared: np.
             own = rows[asked] - col_start  # a point is not its own neighbour
             inside = (own >= 0) & (own < product.shape[1])
             closeness[np.flatnonzero(inside), own[inside]] = -np.inf
-            keep.offer(rows[asked], closeness, col_start)
+            keep.offer(rows[asked], closeness, col_start, reused("passing", mine.shape, bool))
+
+    def tasks(first: int, last: int) -> list[slice]:
+        return [slice(start, min(start + ROWS_PER_TASK, last)) for start in range(first, last, ROWS_PER_TASK)]
 
     union = np.unique(np.concatenate([query.rows for query in queries]))
     if len(union) > count // 2:
         starts = range(0, count, block)
+        products = np.empty(min(block, count) ** 2, dtype=np.float32)
         for row_start in starts:
-            A = X[row_start : row_start + block]
+            row_end = min(row_start + block, count)
             for col_start in starts[row_start // block :]:
-                product = A @ X[col_start : col_start + block].T
-                offer(product, np.arange(row_start, row_start + len(A)), col_start)
+                columns = X[col_start : col_start + block]
+                product = products[: (row_end - row_start) * len(columns)].reshape(row_end - row_start, len(columns))
+
+                def rows_of_block(part: slice) -> None:  # this block's rows against the columns
+                    mine = product[part.start - row_start : part.stop - row_start]
+                    np.matmul(X[part], columns.T, out=mine)
+                    offer(mine, np.arange(part.start, part.stop), col_start)
+
+                def rows_of_columns(part: slice) -> None:  # the columns' rows, from the product transposed
+                    offer(product[:, part.start - col_start : part.stop - col_start].T, np.arange(part.start, part.stop),
+                          row_start)
+
+                workers.map(rows_of_block, tasks(row_start, row_end))
                 if col_start != row_start:
-                    offer(product.T, np.arange(col_start, col_start + product.shape[1]), row_start)
+                    workers.map(rows_of_columns, tasks(col_start, col_start + len(columns)))
     else:
-        for start in range(0, len(union), block):
-            chunk = union[start : start + block]
+        def rows_asked(part: slice) -> None:
+            chunk = union[part]
             offer(X[chunk] @ X.T, chunk, 0)
-    return [keep.indices for keep in best]
+
+        workers.map(rows_asked, tasks(0, len(union)))
+    return [(keep.indices, keep.values) for keep in best]
 
 
-def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str,
-                     squared: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The found neighbours' distances computed again from differences, each row sorted (distance, then index).
+NEAR_SHARE = 0.01  # a Euclidean pair with d^2 below this share of |x|^2 + |y|^2 is computed again from its difference
 
-    The search ranks by float32 products, which sum in an order that depends on the BLAS
-    threads and the blocks, and which lose a near neighbour's distance to cancellation
-    (|x|^2 + |y|^2 - 2 x.y). The distance of each pair found is computed again from the
-    difference of the two rows (cosine: of the unit rows, 1 - cos = |u - v|^2 / 2), by numpy's
-    own loops: ~7 digits of every distance, near ones included, and the same numbers however
-    the neighbours were searched (the follower runs on fewer threads than the stages after
-    training, and shares one search between stages). One neighbour rank at a time keeps the
-    temporaries at (256, D). ``squared``: (N,) |x|^2 of every row.
+
+def _exact_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray, metric: str, squared: np.ndarray,
+                     workers: "_Workers", closeness: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The found neighbours' distances, each row sorted (distance, then index).
+
+    A distance from a float32 product, |x|^2 + |y|^2 - 2 x.y, loses to cancellation what the
+    pair is nearer than its norms: cosine's near-duplicates (1 - cos of 1e-6) keep nothing.
+    So cosine distances are computed again from the difference of the unit rows (1 - cos =
+    |u - v|^2 / 2), by numpy's own loops: ~7 digits, near ones included. Euclidean ones (90 a
+    row for t-SNE, where that recompute was a third of the search) come from the search's
+    ``closeness`` (x.y - |y|^2 / 2, float32) where the pair is far relative to its norms (d^2 at
+    least NEAR_SHARE of |x|^2 + |y|^2: 5 digits or more), and from the difference where it is
+    near. Either way the numbers depend on the tasks only, never on the threads (the follower
+    and the stages after training get the same). ``squared``: (N,) |x|^2 of every row;
+    ``workers`` share the row tasks.
     """
-    if metric == "cosine":
-        norms = np.sqrt(squared)
-        X = X / np.where(norms > 0, norms, 1.0)[:, None]
-    squared = np.empty(indices.shape, dtype=np.float32)
-    for start in range(0, len(rows), 256):
-        query = X[rows[start : start + 256]]
-        for rank in range(indices.shape[1]):
-            difference = X[indices[start : start + 256, rank]] - query
-            squared[start : start + 256, rank] = np.einsum("bd,bd->b", difference, difference)
-    if metric == "cosine":
-        distances = 0.5 * squared.astype(np.float64)
-        zero = norms == 0  # cosine 0 to anything: distance 1
-        distances[zero[rows][:, None] | zero[indices]] = 1.0
+    if metric == "euclidean" and closeness is not None:
+        mine = squared[rows].astype(np.float64)[:, None]
+        found = np.maximum(mine - 2.0 * closeness, 0.0)
+        near_row, near_rank = np.nonzero(found < NEAR_SHARE * (mine + squared[indices]))
+        found[near_row, near_rank] = _pair_distances(X, rows[near_row], indices[near_row, near_rank], workers)
+        distances = np.sqrt(found)
     else:
-        distances = np.sqrt(squared.astype(np.float64))
+        if metric == "cosine":
+            norms = np.sqrt(squared)
+            X = X / np.where(norms > 0, norms, 1.0)[:, None]
+        found = np.empty(indices.shape, dtype=np.float32)  # squared distances
+
+        def run(start: int) -> None:
+            query = X[rows[start : start + ROWS_PER_TASK]]
+            difference = np.empty_like(query)  # reused rank after rank (fresh ones cost page faults)
+            for rank in range(indices.shape[1]):
+                np.take(X, indices[start : start + ROWS_PER_TASK, rank], axis=0, out=difference)
+                np.subtract(difference, query, out=difference)
+                found[start : start + ROWS_PER_TASK, rank] = np.einsum("bd,bd->b", difference, difference)
+
+        workers.map(run, range(0, len(rows), ROWS_PER_TASK))
+        if metric == "cosine":
+            distances = 0.5 * found.astype(np.float64)
+            zero = norms == 0  # cosine 0 to anything: distance 1
+            distances[zero[rows][:, None] | zero[indices]] = 1.0
+        else:
+            distances = np.sqrt(found.astype(np.float64))
     order = np.lexsort((indices, distances), axis=1)  # by distance; equal distances by index
     return np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
+def _pair_distances(X: np.ndarray, first: np.ndarray, second: np.ndarray, workers: "_Workers") -> np.ndarray:
+    """|X[first] - X[second]|^2 for each pair, float32 from the difference (M,)."""
+    found = np.empty(len(first), dtype=np.float32)
+    width = ROWS_PER_TASK * 16
+
+    def run(start: int) -> None:
+        difference = X[first[start : start + width]] - X[second[start : start + width]]
+        found[start : start + width] = np.einsum("bd,bd->b", difference, difference)
+
+    workers.map(run, range(0, len(first), width))
+    return found
+
+
+def cpu_threads() -> int:
+    """Threads the CPU analysis of this process may use (neighbour searches, t-SNE's optimiser).
+
+    ``FTVIZ_THREADS`` when set (the follower sets it frame by frame to the cores training leaves
+    idle), else ``OMP_NUM_THREADS`` when set (the usual cap, which the test suite sets to 1),
+    else the cores this process may run on.
+    """
+    import os
+
+    for variable in ("FTVIZ_THREADS", "OMP_NUM_THREADS"):
+        try:
+            return max(1, int(os.environ[variable]))
+        except (KeyError, ValueError):
+            continue
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+ROWS_PER_TASK = 256  # query rows of one selection or distance task (fixed: the results do not depend on the threads)
+
+
+class _Workers:
+    """``threads`` CPU threads for a search's row tasks (each one BLAS thread).
+
+    numpy releases the interpreter in its products, loops, partitions and gathers, so row tasks
+    run side by side; with one thread they run in turn on the caller's. The BLAS limit holds
+    inside the ``with`` block only (threadpoolctl), so a process that shares its cores (the
+    follower) can ask a different count each frame.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = max(1, int(threads))
+        self._pool = self._limits = None
+
+    def __enter__(self) -> "_Workers":
+        if self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ftviz-neighbours")
+        try:
+            from threadpoolctl import threadpool_limits
+
+            # One BLAS thread per worker: the tasks compute their own rows of each product, and
+            # OpenBLAS's threads spin-wait after a product, taking the cores the tasks need.
+            self._limits = threadpool_limits(limits=1, user_api="blas")
+        except ImportError:  # scikit-learn brings it; without it the BLAS keeps its own count
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+    def map(self, function, tasks) -> None:
+        """Run ``function`` on every task; returns when all are done (exceptions raised here)."""
+        if self._pool is None:
+            for task in tasks:
+                function(task)
+        else:
+            for _ in self._pool.map(function, tasks):
+                pass
 
 
 def cpu_has_fast_bf16() -> bool:

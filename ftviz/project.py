@@ -34,7 +34,7 @@ from ftviz.config import PROJECT_METHODS as METHODS
 from ftviz.config import PROJECT_REFERENCES as REFERENCES
 from ftviz.config import ProjectConfig, check_section
 from ftviz.errors import FtvizError
-from ftviz.numerics import NeighbourSearch, exact_neighbours
+from ftviz.numerics import NeighbourSearch, cpu_threads, exact_neighbours
 
 # What the page and run.json call each method.
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE (openTSNE)", "umap": "UMAP (umap-learn)"}
@@ -282,9 +282,10 @@ class FrameProjector:
     perplexity : t-SNE perplexity; neighbors : UMAP's n_neighbors.
     knn, knn_sample : the neighbourhood-preservation diagnostic (:func:`knn_overlap`),
         computed while each frame is in memory; 0 skips it.
-    seed, n_jobs : randomness and threads of the neighbour embeddings (1 thread measured
-        faster than 2 on 1,797 points on a shared 2-core machine: the gradient is too small
-        to split).
+    seed, n_jobs : randomness and threads of the neighbour embeddings; None (default) takes
+        :func:`ftviz.numerics.cpu_threads` as each frame starts (the follower's share of the
+        cores changes as training runs). openTSNE gives the same layout on any thread count
+        (tested); UMAP with a seed runs on one.
 
     Attributes (after :meth:`fit_transform`)
     ----------------------------------------
@@ -296,7 +297,7 @@ class FrameProjector:
     def __init__(self, *, method: str = "pca", basis: str = "per_frame", reference="previous",
                  n_components: int = 2, first_iter: int = 750, iter: int = 50, last_iter: int = 0,
                  perplexity: float = 30.0, neighbors: int = 15, knn: int = 0, knn_sample: int = 2000,
-                 seed: int = 0, n_jobs: int = 1):
+                 seed: int = 0, n_jobs: int | None = None):
         self.method = method
         self.basis = basis
         self.reference = reference
@@ -429,7 +430,8 @@ class FrameProjector:
     def _neighbour_frame(self, X: np.ndarray, previous: np.ndarray | None, *, last: bool, found: dict,
                          search: NeighbourSearch | None) -> np.ndarray:
         n_iter = self.iter + (self.last_iter if last else 0)
-        options = dict(n_iter=n_iter, first_iter=self.first_iter, seed=self.seed, n_jobs=self.n_jobs, found=found)
+        n_jobs = cpu_threads() if self.n_jobs is None else self.n_jobs
+        options = dict(n_iter=n_iter, first_iter=self.first_iter, seed=self.seed, n_jobs=n_jobs, found=found)
         if self.method == "tsne":
             return _tsne_frame(X, previous, perplexity=self.perplexity, search=search, **options)
         return _umap_frame(X, previous, neighbors=self.neighbors, **options)

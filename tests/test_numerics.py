@@ -75,6 +75,23 @@ def test_query_rows_and_blocks_do_not_change_the_answer(digits):
     np.testing.assert_array_equal(distances, whole_distances[rows])
 
 
+def test_threads_find_the_same_neighbours_ties_included(digits):
+    """The follower searches on the cores training leaves it, the stages after training on
+    others: any thread count gives the same sets, bit for bit, on pixels that tie exactly."""
+    X, _ = digits
+    rows = np.arange(0, len(X), 3)
+    queries = [("cosine", 10, None), ("euclidean", 40, None), ("euclidean", 7, rows)]
+    one = NeighbourSearch(X, queries, block=512)
+    for threads in (2, 3):
+        several = NeighbourSearch(X, queries, block=512, threads=threads)
+        for metric, k, asked in queries:
+            np.testing.assert_array_equal(several.get(metric, k, asked)[0], one.get(metric, k, asked)[0])
+            np.testing.assert_array_equal(several.get(metric, k, asked)[1], one.get(metric, k, asked)[1])
+    # A few rows alone (the row-subset path) are shared among threads too.
+    np.testing.assert_array_equal(exact_neighbours(X, 5, rows=rows[:300], threads=2)[0],
+                                  exact_neighbours(X, 5, rows=rows[:300])[0])
+
+
 def test_one_search_serves_every_set_of_a_frame_as_separate_searches_would(digits):
     """The follower's shared search (cosine for the outlier score, Euclidean for t-SNE and the
     overlap's sampled rows) gives each set what the stages' own searches give."""
