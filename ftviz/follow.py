@@ -19,8 +19,10 @@ frame with its seconds by part (neighbours, score, project, detect).
 How the cores are shared (``start_follower``'s ``share``):
 
 - "split", training on the CPU: :func:`thread_split` gives training half (at least one) and
-  the follower the rest, fixed (two processes left to their own thread counts gained
-  nothing on 2 cores; one thread each, 0.88x).
+  the follower the rest, fixed. Measured on 2 cores (``make animate``'s run): two processes
+  left to their own thread counts gained nothing; training on 2 threads beside a follower
+  niced to 19 on the idle share took 48 s to train instead of 37.5 s on 1 thread (torch's
+  threads wait for the one the follower delays); one thread each is the fastest.
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
@@ -64,14 +66,18 @@ def thread_split(cores: int | None = None) -> tuple[int, int]:
 
 
 class IdleCores:
-    """The follower's threads for its next frame: the cores nobody else used during the last.
+    """The follower's threads for its next frame: the cores nobody else used of late.
 
     Reads ``/proc/stat`` (busy time of each core this process may run on) and
     ``/proc/self/stat`` (the follower's own time): idle = cores - (busy - own) / elapsed,
-    rounded to the nearest core, at least one and at most ``most``, over the time since the
-    last call (or :meth:`restart`). Where ``/proc`` is not there (macOS), ``most``. The
-    follower also runs niced (``start_follower``), so where both want a core, training wins.
+    rounded to the nearest core, at least one and at most ``most``, over the last frame, or
+    over the last WINDOW_S seconds when the follower was waiting (:meth:`note` while it
+    waits; a shorter window reads one write of a snapshot as a core taken). Where ``/proc``
+    is not there (macOS), ``most``. The follower also runs niced (``start_follower``), so
+    where both want a core, training wins.
     """
+
+    WINDOW_S = 1.5
 
     def __init__(self, most: int):
         self.most = max(1, most)
@@ -80,7 +86,8 @@ class IdleCores:
         except AttributeError:
             self.cpus = set()
         self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._last = self._sample()
+        self._samples: list[tuple[float, float, float]] = []
+        self.note()
 
     def _sample(self) -> tuple[float, float, float] | None:
         try:
@@ -97,16 +104,26 @@ class IdleCores:
         except (OSError, ValueError, IndexError):
             return None
 
-    def restart(self) -> None:
-        """Measure from now (the follower was waiting: the share is the recent one)."""
-        self._last = self._sample()
+    def note(self) -> None:
+        """Take a sample now (the follower waits between frames); keeps the last WINDOW_S seconds' worth."""
+        sample = self._sample()
+        if sample is None:
+            return
+        self._samples.append(sample)
+        recent = [t for t, entry in enumerate(self._samples) if entry[0] >= sample[0] - self.WINDOW_S]
+        self._samples = self._samples[max(0, recent[0] - 1):]  # and the one just before the window
 
     def __call__(self) -> int:
         now = self._sample()
-        last, self._last = self._last, now
-        if now is None or last is None or not self.cpus or now[0] - last[0] < 0.05:
+        if now is None or not self._samples or not self.cpus:
             return self.most
-        others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+        # The latest sample at least WINDOW_S old (else the oldest): the window just ended.
+        base = next((entry for entry in reversed(self._samples) if entry[0] <= now[0] - self.WINDOW_S),
+                    self._samples[0])
+        self._samples = [now]
+        if now[0] - base[0] < 0.05:
+            return self.most
+        others = max(0.0, (now[1] - base[1]) - (now[2] - base[2])) / (now[0] - base[0])
         return max(1, min(self.most, int(len(self.cpus) - others + 0.5)))
 
 
@@ -272,9 +289,11 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
         log(f"follow: ready after {time.perf_counter() - STARTED:.2f} s of imports")
 
     threading.Thread(target=import_frame_modules, name="ftviz-follower-imports", daemon=True).start()
-    neighbours = FrameNeighbours(config, device)
     most = int(os.environ.get("OMP_NUM_THREADS") or available_cores())
     idle = IdleCores(most) if os.environ.get("FTVIZ_FOLLOWER_SHARE") == "idle" else (lambda: most)
+    # A frame's share is asked as it starts and again after its neighbour search (a first
+    # frame's search can outlast training's start-up, which held a core).
+    neighbours = FrameNeighbours(config, device, after_search=lambda: _use_threads(idle()))
     scored: set[int] = set()
     following_projection = True
     detected_at = 0
@@ -283,7 +302,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
         steps = ready_steps(run)
         new = [step for step in steps if step not in scored]
         for step in new:  # a frame at a time: its projection and score share one neighbour search
-            threads = _use_threads(idle())
+            neighbours.threads = [_use_threads(idle())]
             clock = _PartClock(neighbours)
             # The projection first: the score's cleanlab may still be importing (the first
             # frame, when it lands as the follower starts) and finishes meanwhile.
@@ -304,6 +323,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
                 if interim_suspicion(run, config.detect, config.score, sorted(scored)):
                     detected_at = len(scored)
                 clock.lap("detect")
+            threads = "/".join(map(str, dict.fromkeys(neighbours.threads)))  # "2", or "1/2" where it changed
             log(f"follow: frame to step {step} on {threads} thread(s) in {clock.describe()}")
         if new:
             continue
@@ -311,9 +331,9 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
             return 0
         if status not in ("running", "pending") or not _parent_alive():
             return 1
-        time.sleep(poll_s)
         if isinstance(idle, IdleCores):
-            idle.restart()  # waiting: the next frame's share is what the others used meanwhile
+            idle.note()  # waiting: the next frame's share is what the others use meanwhile
+        time.sleep(poll_s)
 
 
 class _PartClock:
@@ -345,11 +365,12 @@ class FrameNeighbours:
     reuse it. The stages after training search each for itself: the same neighbours.
     """
 
-    def __init__(self, config, device: str):
-        self.config, self.device = config, device
+    def __init__(self, config, device: str, after_search=None):
+        self.config, self.device, self.after_search = config, device, after_search
         self.step: int | None = None
         self.search = None
         self.seconds = 0.0  # spent searching, for the log's parts
+        self.threads: list[int] = []  # the threads of each frame's parts (for the log)
 
     def __call__(self, step: int, X):
         if step != self.step:
@@ -363,6 +384,8 @@ class FrameNeighbours:
             self.search = NeighbourSearch(X, queries, device=self.device, search="auto")
             self.seconds += time.perf_counter() - started
             self.step = step
+            if self.after_search is not None:  # the share asked again for the rest of the frame
+                self.threads.append(self.after_search())
         return self.search
 
 
