@@ -40,20 +40,13 @@ import sys
 import time
 from pathlib import Path
 
+from ftviz.numerics import available_cores
 from ftviz.rundir import RunDir, snapshot_name
 
 STARTED = time.perf_counter()  # the follower's process: imported first thing (python -m ftviz.follow)
 POLL_S = 0.2  # how often run.json is read while waiting for a snapshot
 DETECT_EVERY = 5  # frames between the follower's interim suspicion tables (the detect stage makes the final one)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no sched_getaffinity (macOS)
-        return os.cpu_count() or 1
 
 
 def thread_split(cores: int | None = None) -> tuple[int, int]:

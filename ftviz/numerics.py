@@ -396,6 +396,13 @@ def cpu_threads() -> int:
             return max(1, int(os.environ[variable]))
         except (KeyError, ValueError):
             continue
+    return available_cores()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity; the machine's count where that is unknown)."""
+    import os
+
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # no sched_getaffinity (macOS)
