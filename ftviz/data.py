@@ -382,7 +382,8 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
     """Apply an export of ``ftviz quality RUN --export`` to the training labels.
 
     The rows with ``split`` "train" and ``is_label_issue`` true are relabelled to their
-    ``suggested_label`` (``how="relabel"``) or dropped (``how="drop"``). A file naming ids the
+    ``suggested_label`` (``how="relabel"``; a row whose suggestion is blank is dropped) or
+    dropped (``how="drop"``). A file naming ids the
     split does not have, labels outside 0..C-1, or made for another training split (its
     ``dataset`` column, when present, is the split's fingerprint) is refused in one line.
 
@@ -431,14 +432,21 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
         if len(np.unique(labels[keep])) < 2:
             raise FtvizError(f"{where} with data.fix = 'drop' leaves fewer than two classes to train on")
         return labels, keep, {"relabelled": 0, "dropped": int(len(ids))}
-    suggested = _as_ints(flagged["suggested_label"], "suggested_label", where)
+    # A flagged row with no suggested label (left blank by the export where the network is
+    # unsure, or cleared by hand) is dropped: no label is better than a guessed one.
+    blank = flagged["suggested_label"].isna().to_numpy() | (flagged["suggested_label"].astype(str).str.strip() == "").to_numpy()
+    suggested = _as_ints(flagged["suggested_label"][~blank], "suggested_label", where)
     outside = suggested[(suggested < 0) | (suggested >= num_classes)]
     if len(outside):
         raise FtvizError(f"{where} suggests label {int(outside[0])}, outside 0..{num_classes - 1} "
                          f"({len(outside)} such rows): fix those rows or export again")
-    changed = int((labels[ids] != suggested).sum())
-    labels[ids] = suggested
-    return labels, keep, {"relabelled": changed, "dropped": 0}
+    relabelled = ids[~blank]
+    changed = int((labels[relabelled] != suggested).sum())
+    labels[relabelled] = suggested
+    keep = np.setdiff1d(keep, ids[blank])
+    if len(np.unique(labels[keep])) < 2:
+        raise FtvizError(f"{where} drops the flagged rows with no suggested label, which leaves fewer than two classes")
+    return labels, keep, {"relabelled": changed, "dropped": int(blank.sum())}
 
 
 def _as_ints(column, name: str, where: str) -> np.ndarray:

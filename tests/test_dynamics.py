@@ -174,6 +174,20 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     np.testing.assert_array_equal(relabelled.train.labels, expected)
     assert relabelled.fixes_applied["relabelled"] == int((base.train.labels[flagged["id"]] != flagged["suggested_label"]).sum())
 
+    # A suggestion cleared by hand (the user is not sure of any label): that sample is dropped,
+    # the others relabelled.
+    cleared = flagged["id"].to_numpy()[:2]
+    edited = table.copy()
+    edited["suggested_label"] = edited["suggested_label"].astype("Int64")
+    edited.loc[(edited["split"] == "train") & edited["id"].isin(cleared), "suggested_label"] = pd.NA
+    edited.to_csv(tmp_path / "edited.csv", index=False)
+    config.data.fixes = str(tmp_path / "edited.csv")
+    mixed = load_splits(config.data, seed=config.seed)
+    assert mixed.fixes_applied["dropped"] == 2 and len(mixed.train) == 200 - 2
+    assert not set(cleared) & set(mixed.train_sample_ids.tolist())
+    np.testing.assert_array_equal(mixed.train.labels, expected[mixed.train_sample_ids])
+
+    config.data.fixes = str(path)
     config.data.fix = "drop"
     dropped = load_splits(config.data, seed=config.seed)
     assert len(dropped.train) == 200 - len(flagged)
