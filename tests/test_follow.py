@@ -139,3 +139,36 @@ def test_idle_cores_leave_out_the_cores_another_process_keeps_busy():
         busy.kill()
         busy.wait()
     assert IdleCores(most=1)() == 1
+
+
+def test_idle_cores_read_the_last_frame_or_the_last_window_of_waiting(monkeypatch):
+    """The share is measured over the frame just made, or over the last WINDOW_S seconds of
+    waiting (a 0.2 s poll alone would read one snapshot write as a core taken)."""
+    from ftviz.follow import IdleCores
+
+    samples = iter([
+        (0.0, 0.0, 0.0),      # start
+        (1.0, 0.5, 0.0),      # waiting: another process busy half a core
+        (2.0, 1.0, 0.0),      # waiting
+        (2.2, 1.2, 0.0),      # frame starts: over the last 1.5 s (from t=0.0, the latest sample that old), 0.55 busy
+        (5.2, 7.2, 3.0),      # frame ends: 6 s busy of which the follower's own 3, over 3 s: one core taken
+    ])
+    monkeypatch.setattr(IdleCores, "_sample", lambda self: next(samples))
+    idle = IdleCores(most=2)
+    idle.cpus = {"cpu0", "cpu1"}
+    idle.note()
+    idle.note()
+    assert idle() == 1  # 2 - 0.55 = 1.45, to the nearest core: the other process's half core is not offered
+    assert idle() == 1  # 2 - 1.0
+
+
+def test_cpu_threads_follow_ftviz_threads_then_omp_num_threads(monkeypatch):
+    from ftviz.numerics import available_cores, cpu_threads
+
+    monkeypatch.delenv("FTVIZ_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads() == available_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("FTVIZ_THREADS", "5")
+    assert cpu_threads() == 5
