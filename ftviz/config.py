@@ -194,8 +194,13 @@ class TrainConfig(Section):
     max_steps: int = 0  # 0 = from epochs
     follow: bool = True  # analyse each snapshot as it lands, in a process apart (ftviz/follow.py)
     dynamics: bool = True  # record every training sample's logits at each step (ftviz/dynamics.py)
+    # The training's own randomness (new layers' initial weights, batch order, dropout); -1 = the
+    # run's seed. The split and the injected noise follow the run's seed only, so runs that
+    # differ in train.seed train on the same labels (repeat a training to see its spread).
+    seed: int = -1
 
     constraints: ClassVar[dict[str, Any]] = {
+        "seed": Interval(int, -1),
         "epochs": Interval(float, 0),
         "batch_size": Interval(int, 1),
         "grad_accum": Interval(int, 1),
@@ -335,6 +340,11 @@ class ExperimentConfig(Section):
         "name": Satisfies(plain_run_name, "a plain folder name (not '.' or '..', no '/' or '\\', no control characters)"),
         "seed": Interval(int, 0),
     }
+
+    @property
+    def training_seed(self) -> int:
+        """``train.seed``, or the run's seed where it is -1."""
+        return self.seed if self.train.seed < 0 else self.train.seed
 
     @property
     def run_dir(self) -> Path:

@@ -25,7 +25,7 @@ def run_experiment(config, *, force: bool = False, progress: bool = True, log=pr
     # Data and model first: bad input must fail before an existing run is touched (--force).
     splits = load_splits(config.data, seed=config.seed)
     check_probe_size(config, len(splits.probe))  # k neighbours need more than k probe images
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.training_seed)  # the new layers' initial weights
     model = create_model(
         config.model.name,
         num_classes=splits.num_classes,

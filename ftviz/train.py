@@ -171,7 +171,7 @@ class _Loop:
         if cfg.batch_size % self.world:
             raise FtvizError(f"train.batch_size {cfg.batch_size} does not split over {self.world} processes; "
                              f"use a multiple of {self.world}")
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.training_seed)
         self.device = device = distributed.local_device(resolve_device(cfg.device))
         self.train_dtype = resolve_precision(cfg.precision, device, inference=False)
         model.to(device)
@@ -283,7 +283,7 @@ class _Loop:
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             index = _micro_batch(self.step * cfg.grad_accum + micro, self.plan.micro_per_epoch, cfg.batch_size,
-                                 len(self.train_labels), self.config.seed, self.device)[self.shard]
+                                 len(self.train_labels), self.config.training_seed, self.device)[self.shard]
             pixels = self.model.preprocess(self.train_images[index])
             # Gradients are exchanged once per optimizer step, at the last micro-batch.
             sync = self.world == 1 or micro == cfg.grad_accum - 1

@@ -512,3 +512,22 @@ def test_nan_loss_is_one_line_naming_the_step(tmp_path, capsys):
     assert error == "ftviz: error: the training loss became nan at step 2: lower train.lr"
     train_stage = RunDir(tmp_path / "diverged").manifest()["stages"]["train"]
     assert train_stage["status"] == "failed" and train_stage["error"] in error
+
+
+def test_train_seed_retrains_the_same_labels_differently(precision_runs, tmp_path):
+    """train.seed changes the training's randomness (initial weights, batch order), never the
+    split or the flips; -1 (the default) is the run's seed."""
+    from ftviz.pipeline import run_experiment
+
+    base = precision_runs["fp32"]
+    runs = {seed: run_experiment(tiny_config(tmp_path / f"s{seed}", train={"embed_precision": "fp32", "seed": seed}),
+                                 progress=False, log=lambda *_: None)
+            for seed in (0, 1)}
+    losses = {name: run.metrics().query("split == 'train'")["loss"].to_numpy()
+              for name, run in (("base", base), *runs.items())}
+    np.testing.assert_array_equal(losses[0], losses["base"])  # train.seed 0 is the run's seed 0
+    assert not np.allclose(losses[1], losses["base"])
+    for run in runs.values():
+        pd.testing.assert_frame_equal(run.samples(), base.samples())
+        np.testing.assert_array_equal(run.read_parquet("train_samples.parquet")["given_label"],
+                                      base.read_parquet("train_samples.parquet")["given_label"])
