@@ -426,27 +426,26 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
         raise FtvizError(f"{where} names training id {int(ids[np.argmax(np.bincount(ids))])} more than once; "
                          "keep one row per sample")
     labels = np.asarray(labels, dtype=np.int64).copy()
-    keep = np.arange(len(labels))
+    # The rows dropped: every flagged row (data.fix = "drop"), else those with no suggested
+    # label (left blank, or cleared by hand: no label is better than a guessed one).
+    suggestion = flagged["suggested_label"]
     if how == "drop":
-        keep = np.setdiff1d(keep, ids)
-        if len(np.unique(labels[keep])) < 2:
-            raise FtvizError(f"{where} with data.fix = 'drop' leaves fewer than two classes to train on")
-        return labels, keep, {"relabelled": 0, "dropped": int(len(ids))}
-    # A flagged row with no suggested label (left blank by the export where the network is
-    # unsure, or cleared by hand) is dropped: no label is better than a guessed one.
-    blank = flagged["suggested_label"].isna().to_numpy() | (flagged["suggested_label"].astype(str).str.strip() == "").to_numpy()
-    suggested = _as_ints(flagged["suggested_label"][~blank], "suggested_label", where)
+        drop = np.ones(len(ids), dtype=bool)
+    else:
+        drop = suggestion.isna().to_numpy() | (suggestion.astype(str).str.strip() == "").to_numpy()
+    suggested = _as_ints(suggestion[~drop], "suggested_label", where)
     outside = suggested[(suggested < 0) | (suggested >= num_classes)]
     if len(outside):
         raise FtvizError(f"{where} suggests label {int(outside[0])}, outside 0..{num_classes - 1} "
                          f"({len(outside)} such rows): fix those rows or export again")
-    relabelled = ids[~blank]
+    relabelled = ids[~drop]
     changed = int((labels[relabelled] != suggested).sum())
     labels[relabelled] = suggested
-    keep = np.setdiff1d(keep, ids[blank])
+    keep = np.setdiff1d(np.arange(len(labels)), ids[drop])
     if len(np.unique(labels[keep])) < 2:
-        raise FtvizError(f"{where} drops the flagged rows with no suggested label, which leaves fewer than two classes")
-    return labels, keep, {"relabelled": changed, "dropped": int(blank.sum())}
+        dropped = "with data.fix = 'drop'" if how == "drop" else "dropping the flagged rows with no suggested label"
+        raise FtvizError(f"{where} {dropped} leaves fewer than two classes to train on")
+    return labels, keep, {"relabelled": changed, "dropped": int(drop.sum())}
 
 
 def _as_ints(column, name: str, where: str) -> np.ndarray:

@@ -192,7 +192,7 @@ class _Best:
         self.values = np.full((len(query.rows), query.k), -np.inf, dtype=np.float32)
         self.indices = np.zeros((len(query.rows), query.k), dtype=np.int64)
 
-    def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int, passing: np.ndarray | None = None) -> None:
+    def offer(self, rows: np.ndarray, closeness: np.ndarray, first_column: int, passing: np.ndarray) -> None:
         """Candidates for query ``rows`` (global indices): closeness (len(rows), B) to columns from ``first_column``.
 
         Only values above a row's k-th best so far can enter its k best: after a row's first
@@ -202,8 +202,6 @@ class _Best:
         """
         k = self.query.k
         at = self.query.where[rows]
-        if passing is None:
-            passing = np.empty(closeness.shape, dtype=bool)
         np.greater(closeness, self.values[at].min(axis=1)[:, None], out=passing)  # above the k-th best so far
         counts = passing.sum(axis=1)
         widest = int(counts.max()) if len(counts) else 0
