@@ -22,9 +22,10 @@ Detection of the training-set flags (AUROC, AP, F1 against the injected flips): 
                                                        # (a)-(c) each trained 3 times on the same labels
 
 One training per arm on 360 test images (one image = 0.003) leaves each accuracy with a spread
-as large as the differences between arms; ``--train-seeds N`` trains each of (a), (b) and (c)
-N times (``train.seed`` 0..N-1: other initial weights and batch orders, the same split and
-flips; detection reads the first noisy training) and reports the mean and range.
+as large as the differences between arms; ``--train-seeds N`` trains each arm N times
+(``train.seed`` 0..N-1: other initial weights and batch orders, the same split and flips; the
+peer's whole procedure N times; detection reads the first training of each) and reports the
+mean and range. ``--fixes drop`` leaves out the relabel arm.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def bench(args) -> None:
 
     t = time.perf_counter()
     arm("(b) oracle (true labels)", trained("oracle", noise=0.0)[1], 1, time.perf_counter() - t)
-    for how in ("drop", "relabel"):
+    for how in args.fixes.split(","):
         t = time.perf_counter()
         accuracies = trained(f"ftviz-{how}", extra=(f"data.fixes={fixes}", f"data.fix={how}"))[1]
         arm(f"(c) ftviz, {how}", accuracies, 2, time.perf_counter() - t)
@@ -173,10 +174,15 @@ def bench(args) -> None:
     peer = None
     if not args.skip_peer:
         t = time.perf_counter()
-        config = base_config(out, "peer", **common)
-        splits = load_splits(config.data, seed=config.seed)
-        issues, pred_probs, accuracy, trainings = clean_learning(config, splits)
-        arm("(d) CleanLearning (K=5, prune)", [accuracy], trainings, time.perf_counter() - t)
+        accuracies = []
+        for index, seed in enumerate(seeds):  # the peer's trainings as the other arms': one per train.seed
+            config = base_config(out, f"peer{index}", **common, extra=seed)
+            splits = load_splits(config.data, seed=config.seed)
+            found_issues, probs, accuracy, trainings = clean_learning(config, splits)
+            accuracies.append(accuracy)
+            if index == 0:
+                issues, pred_probs = found_issues, probs
+        arm("(d) CleanLearning (K=5, prune)", accuracies, trainings, time.perf_counter() - t)
         labels = splits.train.labels
         peer = detection(1.0 - pred_probs[np.arange(len(labels)), labels], issues,
                          splits.train.labels != splits.train_true_labels)
@@ -254,6 +260,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-seeds", type=int, default=1, help="train (a)-(c) this many times each (train.seed 0..N-1)")
     parser.add_argument("--skip-peer", action="store_true", help="leave out CleanLearning's 6 trainings")
+    parser.add_argument("--fixes", default="drop,relabel", help="the ftviz arms: drop, relabel or both")
     args = parser.parse_args()
     cost(args) if args.cost else bench(args)
 

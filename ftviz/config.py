@@ -194,6 +194,10 @@ class TrainConfig(Section):
     max_steps: int = 0  # 0 = from epochs
     follow: bool = True  # analyse each snapshot as it lands, in a process apart (ftviz/follow.py)
     dynamics: bool = True  # record every training sample's logits at each step (ftviz/dynamics.py)
+    # With dynamics, also each training sample's embedding at each step (the head's input, float16:
+    # N x D x 2 bytes an epoch, 77 MB for CIFAR-10 at ViT-B): the training set's kNN label vote and
+    # outlier score. Turn off for many epochs of a large set.
+    dynamics_features: bool = True
     # The training's own randomness (new layers' initial weights, batch order, dropout); -1 = the
     # run's seed. The split and the injected noise follow the run's seed only, so runs that
     # differ in train.seed train on the same labels (repeat a training to see its spread).
@@ -215,6 +219,7 @@ class TrainConfig(Section):
         "save_weights": Options("latest", "none", "all"),
         "max_steps": Interval(int, 0),
         "dynamics": Satisfies(lambda value: isinstance(value, bool), "true or false"),
+        "dynamics_features": Satisfies(lambda value: isinstance(value, bool), "true or false"),
         "follow": Satisfies(lambda value: isinstance(value, bool), "true or false"),
     }
     rules: ClassVar[tuple] = (

@@ -564,21 +564,25 @@ def training_issue_count(*, logits: np.ndarray, labels: np.ndarray, start: int, 
 
 
 def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: np.ndarray,
+                        features: np.ndarray | None = None, knn: int = 10,
                         learnt_fraction: float = 0.8, min_flagged: float = 0.2):
-    """Every detector on the training set, from the logits training itself computed.
+    """Every detector on the training set, from the outputs training itself computed.
 
     The training-time logits of a sample at its k-th pass (slot k, about epoch k) play the part
     of the probe's snapshots: Cleanlab's label quality and flags at every slot, the area under
     the margin, the data map and forgetting events over the slots, and the recommendation of
     :func:`recommend` (the network trains on these samples). Each pass's logits were computed
-    before that batch's update, so the sample is out-of-sample at its first pass only. No
-    embedding is recorded for training samples: the outlier columns are NaN and the
-    probabilities are the softmax alone.
+    before that batch's update, so the sample is out-of-sample at its first pass only.
+    ``features``, each sample's embedding at its last pass, play the last snapshot's
+    embedding: one cosine search of them gives the kNN half of the mixed probabilities and
+    the outlier score. Without them the outlier columns are NaN and the probabilities are the
+    softmax alone.
 
     Parameters
     ----------
     history : (K, N, C) slot logits (:func:`ftviz.dynamics.histories`); labels : (N,) given labels;
-    slot_steps : (K, N) step of each slot per sample.
+    slot_steps : (K, N) step of each slot per sample; features : (N, D) or None
+    (:func:`ftviz.dynamics.last_features`); knn : neighbours of the vote and the outlier score.
 
     Returns
     -------
@@ -592,14 +596,23 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     frame_flags = np.zeros(history.shape[:2], dtype=bool)
     for k in range(slots):
         quality[k], frame_flags[k] = label_quality(probs=softmax(history[k]), labels=labels)
+    k = min(int(knn), len(labels) - 1)
+    neighbours, outlier = None, np.zeros(len(labels))
+    if features is not None and k >= 1:
+        from ftviz.numerics import exact_neighbours
+        from ftviz.quality import outlier_scores
+
+        neighbours, distances = exact_neighbours(np.asarray(features, dtype=np.float32), k, metric="cosine")
+        outlier = outlier_scores(features, k=k, method="knn", distances=distances)
     columns, flags = detect(
         logits=history, labels=labels, steps=np.arange(slots), frame_quality=quality, frame_flags=frame_flags,
-        outlier_score=np.zeros(len(labels)), embedding=None, probe_trained_on=True,
+        outlier_score=outlier, neighbours=neighbours, probe_trained_on=True, knn=max(k, 1),
         learnt_fraction=learnt_fraction, min_flagged=min_flagged,
     )
-    columns["outlier_score"] = np.full(len(labels), np.nan)  # no embedding of the training set
-    columns["outlier_rank"] = np.full(len(labels), -1, dtype=np.int64)
-    del flags["outlier_score"]  # no score, no row in train_detectors.parquet
+    if neighbours is None:  # no embedding of the training set: no outlier score
+        columns["outlier_score"] = np.full(len(labels), np.nan)
+        columns["outlier_rank"] = np.full(len(labels), -1, dtype=np.int64)
+        del flags["outlier_score"]  # no score, no row in train_detectors.parquet
     start = learnt_from(logits=history, labels=labels, fraction=learnt_fraction)
     recommended = columns["is_label_issue"]
     is_issue = top_count(columns["suspicion"], training_issue_count(
@@ -623,7 +636,7 @@ def detect_training_run(run, section: DetectConfig) -> dict:
     :func:`ftviz.dynamics.has_dynamics`."""
     import pandas as pd
 
-    from ftviz.dynamics import histories, load_dynamics, read_train_samples
+    from ftviz.dynamics import histories, last_features, load_dynamics, read_train_samples
     from ftviz.rundir import write_parquet
 
     samples = read_train_samples(run)
@@ -640,9 +653,14 @@ def detect_training_run(run, section: DetectConfig) -> dict:
                          "rerun training with a lower train.lr")
     seen = times_seen > 0
     labels = samples["given_label"].to_numpy(np.int64)
+    features = last_features(run, sample_ids)
+    if features is not None:
+        features = features[seen]
+        if not np.isfinite(features).all():  # some samples without features, or a diverged training
+            features = None
     columns, flags, quality, frame_flags = detect_training_set(
-        history=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen],
-        learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged)
+        history=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen], features=features,
+        knn=section.knn, learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged)
     table = pd.DataFrame({"id": sample_ids})
     for name, values in columns.items():  # samples never trained on (a run shorter than an epoch): empty
         full = np.full(len(sample_ids), False if values.dtype == bool else (-1 if values.dtype.kind == "i" else np.nan),

@@ -12,7 +12,10 @@ Files (run directory)::
     dynamics/step-XXXXXXX.npz   the rows recorded since the previous file, up to optimizer
                                 step XXXXXXX: ids (M,) int64 (training sample ids),
                                 step (M,) int64 (updates applied before that forward pass),
-                                logits (M, C) float16; rows in training order
+                                logits (M, C) float16, and with ``train.dynamics_features``
+                                features (M, D) float16: the embedding the head read (the
+                                input of the logits), the same vector a snapshot keeps for a
+                                probe sample; rows in training order
     train_samples.parquet       id, given_label, true_label, is_noisy, class_name, true_class_name
     train_images.npy            (N, h, w, 3) uint8 thumbnails of the training images, row i =
                                 row i of train_samples.parquet in id order; no side over 32 px
@@ -78,10 +81,13 @@ class DynamicsLog:
 
     def __init__(self, run):
         self.run = run
-        self._ids, self._steps, self._order, self._logits = [], [], [], []
+        self._clear()
         self.rows_written = 0
 
-    def record(self, step: int, ids, logits, *, order=None) -> None:
+    def _clear(self) -> None:
+        self._ids, self._steps, self._order, self._logits, self._features = [], [], [], [], []
+
+    def record(self, step: int, ids, logits, *, features=None, order=None) -> None:
         """Keep one batch's rows.
 
         Parameters
@@ -89,6 +95,8 @@ class DynamicsLog:
         step : optimizer updates applied before this forward pass.
         ids : (B,) int tensor or array, the training sample ids of the batch.
         logits : (B, C) tensor or array, what the forward pass computed (kept as float16).
+        features : (B, D) tensor or array, the embedding the logits were computed from (kept as
+            float16), or None; a log keeps features for every batch or for none.
         order : (B,) int, each row's position in the global batch of this step (rows from
             several processes are written in this order); default: arrival order.
         """
@@ -98,6 +106,11 @@ class DynamicsLog:
         ids = torch.as_tensor(ids, device=logits.device).reshape(-1)
         if logits.ndim != 2 or len(logits) != len(ids):
             raise ValueError(f"logits must be (B, C) with B = len(ids); got {tuple(logits.shape)} and {len(ids)}")
+        if self._ids and (features is None) != (not self._features):
+            raise ValueError("features must be given for every batch of a log or for none")
+        if features is not None:
+            features = torch.as_tensor(features, device=logits.device).detach().reshape(len(ids), -1)
+            self._features.append(features.to(torch.float16))
         if order is None:
             order = torch.arange(len(ids), device=logits.device) + sum(len(i) for i in self._ids)
         # float16 on the device: no copy to the host (and no synchronisation) per batch.
@@ -126,30 +139,37 @@ class DynamicsLog:
         if not distributed.is_main() or table is None or not len(table):
             return None
         ids, steps, order = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2].astype(np.int64)
+        classes = int(table[0, 3])
         rows = np.lexsort((order, steps))  # training order: by step, then place in the global batch
         path = self.run.path / DYNAMICS_DIR / chunk_name(last_step)
-        _write_chunk(path, ids[rows], steps[rows], table[rows, 3:].astype(np.float16))
+        features = table[rows, 4 + classes:] if table.shape[1] > 4 + classes else None
+        _write_chunk(path, ids[rows], steps[rows], table[rows, 4:4 + classes].astype(np.float16), features)
         self.rows_written += len(rows)
         return path
 
     def _take(self) -> np.ndarray | None:
-        """The buffer as one (R, 3 + C) float64 table [id, step, order, logits...]; emptied."""
+        """The buffer as one (R, 4 + C [+ D]) float64 table [id, step, order, C, logits..., features...];
+        emptied. One table, so several processes' rows travel in one collective."""
         import torch
 
         if not self._ids:
             return None
-        table = torch.cat([
-            torch.stack([torch.cat(self._ids), torch.cat(self._steps), torch.cat(self._order)], 1).double(),
-            torch.cat(self._logits).double(),  # float16 -> float64 is exact
-        ], 1)
-        self._ids, self._steps, self._order, self._logits = [], [], [], []
-        return table
+        logits = torch.cat(self._logits)
+        parts = [
+            torch.stack([torch.cat(self._ids), torch.cat(self._steps), torch.cat(self._order),
+                         torch.full_like(torch.cat(self._ids), logits.shape[1])], 1).double(),
+            logits.double(),  # float16 -> float64 is exact
+        ]
+        if self._features:
+            parts.append(torch.cat(self._features).double())
+        self._clear()
+        return torch.cat(parts, 1)
 
     def restore(self, step: int) -> None:
         """Resume from ``step``: drop the buffer and every file of rows past ``step`` (rank 0)."""
         from ftviz import distributed
 
-        self._ids, self._steps, self._order, self._logits = [], [], [], []
+        self._clear()
         if not distributed.is_main():
             return
         for path in chunk_paths(self.run):
@@ -186,12 +206,15 @@ def _gather_table(table):
     return torch.cat([part[: int(size[1])] for part, size in zip(parts, sizes)]).cpu().numpy()
 
 
-def _write_chunk(path: Path, ids: np.ndarray, steps: np.ndarray, logits: np.ndarray) -> None:
+def _write_chunk(path: Path, ids: np.ndarray, steps: np.ndarray, logits: np.ndarray, features=None) -> None:
     from ftviz.rundir import atomic_path
 
+    arrays = dict(ids=ids.astype(np.int64), step=steps.astype(np.int64), logits=logits.astype(np.float16))
+    if features is not None:
+        arrays["features"] = np.asarray(features).astype(np.float16)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, ids=ids.astype(np.int64), step=steps.astype(np.int64), logits=logits.astype(np.float16))
+            np.savez(handle, **arrays)
 
 
 def load_dynamics(run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,6 +236,45 @@ def load_dynamics(run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out = np.concatenate(ids), np.concatenate(steps), np.concatenate(logits)
     if out[2].ndim != 2 or not (len(out[0]) == len(out[1]) == len(out[2])):
         raise FtvizError(f"{run.path}/{DYNAMICS_DIR} holds rows of different lengths; rerun training")
+    return out
+
+
+def last_features(run, sample_ids: np.ndarray) -> np.ndarray | None:
+    """Each training sample's features at its last recorded pass: (N, D) float32, row i for
+    ``sample_ids[i]``, NaN for a sample without any; None when the newest file holds none
+    (``train.dynamics_features`` off, a Trainer model whose head was not found, an older run).
+
+    Files are read newest first and reading stops once every sample has its row, so memory
+    and reading stay about one epoch's features whatever the number of epochs.
+    """
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    out, filled = None, np.zeros(len(sample_ids), dtype=bool)
+    for path in reversed(chunk_paths(run)):
+        try:
+            with np.load(path) as data:
+                if "features" not in data.files:
+                    return out  # older rows without features (the setting changed on resume)
+                ids, features = data["ids"].astype(np.int64), data["features"]
+        except Exception as error:  # zip / key errors from a damaged file
+            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); delete {path.parent} and rerun "
+                             "training to record the training dynamics again") from None
+        if features.ndim != 2 or len(features) != len(ids):
+            raise FtvizError(f"{path} holds features of shape {features.shape} for {len(ids)} rows; rerun training")
+        if out is None:
+            out = np.full((len(sample_ids), features.shape[1]), np.nan, dtype=np.float32)
+        elif features.shape[1] != out.shape[1]:
+            raise FtvizError(f"{path.parent} holds features of different widths; rerun training")
+        position = np.searchsorted(sample_ids, ids)
+        known = (position < len(sample_ids)) & (sample_ids[np.minimum(position, len(sample_ids) - 1)] == ids)
+        # Newest row first: reversed, np.unique's first index is the latest pass in this file.
+        rows = np.flatnonzero(known)[::-1]
+        _, first = np.unique(position[rows], return_index=True)
+        rows = rows[first]
+        rows = rows[~filled[position[rows]]]
+        out[position[rows]] = features[rows]
+        filled[position[rows]] = True
+        if filled.all():
+            break
     return out
 
 

@@ -243,10 +243,11 @@ class Recorder:
             self._dynamics = DynamicsLog(self.run)
         return self._dynamics
 
-    def record_batch(self, step: int, ids, logits, *, order=None) -> None:
-        """Keep one training batch's logits (B, C) for sample ids (B,), computed after ``step``
-        updates; written by :meth:`flush_dynamics`. Every rank records its own rows."""
-        self.dynamics.record(step, ids, logits, order=order)
+    def record_batch(self, step: int, ids, logits, *, features=None, order=None) -> None:
+        """Keep one training batch's logits (B, C), and features (B, D) when given, for sample
+        ids (B,), computed after ``step`` updates; written by :meth:`flush_dynamics`. Every
+        rank records its own rows."""
+        self.dynamics.record(step, ids, logits, features=features, order=order)
 
     def flush_dynamics(self, step: int, *, gather: bool = True) -> None:
         """Write the recorded rows up to ``step`` (every rank calls it when ``gather``; rank 0 writes)."""

@@ -24,7 +24,9 @@ Layout (``FORMAT_VERSION`` 1)::
                             by ftviz's own loop beside train_samples.parquet (ftviz/dynamics.py)
       dynamics/step-XXXXXXX.npz    training dynamics: the rows recorded up to step XXXXXXX,
                             ids (M,) int64, step (M,) int64 (updates before that forward pass),
-                            logits (M, C) float16, in training order (ftviz/dynamics.py)
+                            logits (M, C) float16, features (M, D) float16 (the embedding the
+                            head read, unless train.dynamics_features = false), in training
+                            order (ftviz/dynamics.py)
       train_suspicion.parquet      the detectors on the training set, from the dynamics:
                             suspicion.parquet's columns plus suggested_label, times_seen
       train_detectors.parquet      as detectors.parquet, for the training set (step = pass index)

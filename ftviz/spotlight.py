@@ -23,8 +23,8 @@ true_label, is_noisy   label before noise injection, and whether it was flipped;
                        runs that injected label noise
 predicted_label        argmax of the logits at the last snapshot (category)
 confidence             softmax probability of ``predicted_label`` at the last snapshot
-outlier_score_first    Cleanlab outlier score at the first / last snapshot
-outlier_score_last
+outlier_score_first    Cleanlab outlier score at the first / last snapshot (a training row:
+outlier_score_last     the last, from its features at its last pass)
 label_quality_first    Cleanlab label quality (self-confidence) at the first / last snapshot
 label_quality_last
 label_issue_last       Cleanlab flags the given label as an issue at the last snapshot
@@ -204,6 +204,8 @@ def _training_columns(run: RunDir, training, category, *, noise: bool) -> dict:
         if source in training:  # issue_step and outlier_rank: nullable Int64, kept so
             nullable = source in ("issue_step", "outlier_rank")
             columns[name] = training[source].array if nullable else training[source].to_numpy()
+    if "outlier_score" in training:  # at the sample's last pass, from the recorded features (NaN: none)
+        columns["outlier_score_last"] = training["outlier_score"].to_numpy(np.float64)
     if "suggested_label" in training:
         suggested = training["suggested_label"].to_numpy(np.int64)  # -1: never trained on
         columns["suggested_label"] = pd.Categorical.from_codes(np.where(suggested >= 0, suggested, -1),

@@ -105,9 +105,9 @@ def load_resume_state(path: Path, device) -> dict:
 class _TrainingLoss(nn.Module):
     """``model.training_loss`` as a forward, so DistributedDataParallel can wrap it.
 
-    ``with_logits``: the forward returns (loss, logits (B, C) detached), the loss computed
-    from those logits as :meth:`ProbeModel.training_loss` does; the training dynamics are
-    these logits, at no extra forward pass.
+    ``with_logits``: the forward returns (loss, logits (B, C) detached, embedding (B, D)
+    detached), the loss computed from those logits as :meth:`ProbeModel.training_loss` does;
+    the training dynamics are these outputs, at no extra forward pass.
     """
 
     def __init__(self, model, *, with_logits: bool = False):
@@ -118,8 +118,8 @@ class _TrainingLoss(nn.Module):
     def forward(self, pixels, labels):
         if not self.with_logits:
             return self.model.training_loss(pixels, labels)
-        _, logits = self.model.embed(pixels)
-        return nn.functional.cross_entropy(logits.float(), labels), logits.detach()
+        embedding, logits = self.model.embed(pixels)
+        return nn.functional.cross_entropy(logits.float(), labels), logits.detach(), embedding.detach()
 
 
 def records_dynamics(model) -> bool:
@@ -292,10 +292,11 @@ class _Loop:
                                     enabled=self.train_dtype is not None):
                     loss = self.loss_module(pixels, self.train_labels[index])
                 if self.record_dynamics:
-                    loss, logits = loss
+                    loss, logits, embedding = loss
                     # Position in the global batch: rows of several ranks are written in one order.
                     order = micro * cfg.batch_size + self.shard.start + torch.arange(len(index), device=index.device)
-                    self.recorder.record_batch(self.step, self.train_ids[index], logits, order=order)
+                    self.recorder.record_batch(self.step, self.train_ids[index], logits, order=order,
+                                               features=embedding if cfg.dynamics_features else None)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

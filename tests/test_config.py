@@ -85,6 +85,7 @@ BAD_VALUES = {
     ("train", "device"): ("gpu", "'cuda:N'"), ("train", "precision"): ("fp16", "'auto', 'fp32' or 'bf16'"),
     ("train", "embed_precision"): ("int8", "'bf16'"), ("train", "save_weights"): ("best", "'latest', 'none' or 'all'"),
     ("train", "max_steps"): (-1, ">= 0"), ("train", "dynamics"): ("yes", "true or false"),
+    ("train", "dynamics_features"): (1, "true or false"),
     ("train", "follow"): ("yes", "true or false"), ("train", "seed"): (-2, ">= -1"),
     ("data", "fix"): ("fixit", "'relabel' or 'drop'"),
     ("score", "k"): (0, ">= 1"), ("score", "top"): (-1, ">= 0"), ("score", "method"): ("faiss", "'knn'"),

@@ -11,7 +11,7 @@ import pytest
 
 from ftviz.config import ExperimentConfig
 from ftviz.data import load_splits
-from ftviz.dynamics import DynamicsLog, chunk_paths, histories, load_dynamics
+from ftviz.dynamics import DynamicsLog, chunk_paths, histories, last_features, load_dynamics
 from ftviz.errors import FtvizError
 from ftviz.rundir import RunDir
 from tests import forked
@@ -53,6 +53,29 @@ def test_recorded_logits_are_those_of_the_weights_at_that_step(tiny_run):
     assert compared >= 5 * 32
 
 
+def test_recorded_features_are_the_embeddings_the_head_read_at_that_step(tiny_run):
+    """Each row's features are the embedding a snapshot of the weights at that step holds for
+    the sample; :func:`last_features` keeps each sample's latest pass."""
+    ids, steps, _ = load_dynamics(tiny_run)
+    rows_features = np.concatenate([np.load(path)["features"] for path in chunk_paths(tiny_run)])
+    assert rows_features.dtype == np.float16 and rows_features.shape == (len(ids), tiny_run.load_snapshot(0)[0].shape[1])
+    compared = 0
+    for step in tiny_run.snapshot_steps():
+        rows = steps == step
+        if rows.any():
+            probe = tiny_run.load_snapshot(step)[0].astype(np.float32)
+            np.testing.assert_allclose(rows_features[rows].astype(np.float32), probe[ids[rows]], atol=2e-2, rtol=1e-2)
+            compared += int(rows.sum())
+    assert compared >= 5 * 32
+    latest = last_features(tiny_run, np.arange(200))
+    last_row = {int(i): r for r, i in enumerate(ids)}  # the last row of each id wins
+    for sample in (0, 57, 199):
+        if sample in last_row:
+            np.testing.assert_array_equal(latest[sample], rows_features[last_row[sample]].astype(np.float32))
+        else:
+            assert np.isnan(latest[sample]).all()
+
+
 def test_train_samples_record_given_and_true_labels(tiny_run):
     config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
     splits = load_splits(config.data, seed=config.seed)
@@ -76,6 +99,18 @@ def test_run_without_dynamics_writes_none(tmp_path):
     assert run.stage_status("render") == "done"
 
 
+def test_run_without_dynamics_features_keeps_logits_and_no_outlier_score(tmp_path):
+    from ftviz.pipeline import run_experiment
+
+    config = tiny_config(tmp_path, train={"epochs": 1, "dynamics_features": False, "follow": False},
+                         project={"method": "pca"})
+    run = run_experiment(config, progress=False, log=lambda *_: None)
+    assert all("features" not in np.load(path).files for path in chunk_paths(run))
+    assert last_features(run, np.arange(200)) is None
+    table = pd.read_parquet(run.file("train_suspicion.parquet"))
+    assert table["outlier_score"].isna().all() and table.loc[table["times_seen"] > 0, "suspicion"].notna().all()
+
+
 # ---- the buffer, files and histories -----------------------------------------------------------
 def test_flush_writes_rows_in_step_then_batch_order_and_resume_drops_later_files(tmp_path):
     run = RunDir(tmp_path)
@@ -91,6 +126,25 @@ def test_flush_writes_rows_in_step_then_batch_order_and_resume_drops_later_files
     np.testing.assert_array_equal(logits[0], np.float16([0.0, 1.0]))
     log.restore(2)  # resumed from step 2: the rows of step 2 are trained again
     assert [p.name for p in chunk_paths(run)] == ["step-0000002.npz"]
+
+
+def test_features_travel_with_their_rows_and_the_latest_pass_wins(tmp_path):
+    run = RunDir(tmp_path)
+    log = DynamicsLog(run)
+    log.record(0, np.array([5, 3]), np.zeros((2, 2)), features=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+               order=np.array([1, 0]))
+    log.flush(1)
+    log.record(1, np.array([3]), np.zeros((1, 2)), features=np.array([[7.0, 8.0, 9.0]]))
+    with pytest.raises(ValueError, match="every batch"):
+        log.record(1, np.array([4]), np.zeros((1, 2)))  # features for some batches only
+    log.flush(2)
+    with np.load(chunk_paths(run)[0]) as first:  # rows in batch order, features with them
+        np.testing.assert_array_equal(first["ids"], [3, 5])
+        np.testing.assert_array_equal(first["features"], np.float16([[4, 5, 6], [1, 2, 3]]))
+    latest = last_features(run, np.array([2, 3, 5]))
+    assert np.isnan(latest[0]).all()  # never trained on
+    np.testing.assert_array_equal(latest[1:], [[7, 8, 9], [1, 2, 3]])  # sample 3: its pass at step 1
+    assert last_features(RunDir(tmp_path / "none"), np.arange(3)) is None
 
 
 def test_histories_slot_per_pass_with_forward_fill():
@@ -133,11 +187,39 @@ def test_training_set_detectors_find_flips_in_synthetic_dynamics():
     np.testing.assert_array_equal(columns["suggested_label"][flipped], true[flipped])
     assert set(columns) >= {"aum", "confidence", "variability", "correctness", "forgetting_events",
                             "label_quality_last", "label_quality_ensemble", "suspicion", "issue_step"}
-    assert np.isnan(columns["outlier_score"]).all()
+    assert np.isnan(columns["outlier_score"]).all()  # no features, no outlier score
     issue = columns["issue_step"]
     flagged = columns["is_label_issue"]
     assert (issue[flagged] >= 0).all() and (issue[flagged] <= 70).all() and (issue[~flagged] == -1).all()
     assert set(issue[flagged].tolist()) <= set(range(0, 80, 10))  # steps of the samples' own passes
+
+
+def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
+    """Features clustered by true class: the neighbours' labels outvote a flipped label, and a
+    sample far from every cluster is the top outlier."""
+    from ftviz.detectors import detect_training_set
+    from ftviz.numerics import auroc_against_noise
+
+    rng = np.random.default_rng(1)
+    n, classes, epochs = 300, 5, 6
+    true = rng.integers(0, classes, n)
+    given = true.copy()
+    flipped = rng.choice(n, 30, replace=False)
+    given[flipped] = (true[flipped] + 1) % classes
+    # Logits that barely know the classes: alone they rank the flips poorly.
+    history = rng.normal(0, 1.0, (epochs, n, classes)).astype(np.float32)
+    history[:, np.arange(n), true] += 0.4
+    features = np.eye(classes)[true] * 5 + rng.normal(0, 0.3, (n, classes))
+    odd = int(np.setdiff1d(np.arange(n), flipped)[0])
+    features[odd] = -5.0  # far from every cluster
+    slot_steps = np.tile(np.arange(epochs)[:, None], (1, n))
+    noisy = np.zeros(n, bool)
+    noisy[flipped] = True
+    alone, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps)
+    voted, flags, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
+    assert auroc_against_noise(voted["suspicion"], noisy) > auroc_against_noise(alone["suspicion"], noisy) + 0.05
+    assert voted["outlier_rank"][odd] == 1 and np.isfinite(voted["outlier_score"]).all()
+    assert flags["outlier_score"] is None  # a score without a flag rule, as for the probe
 
 
 def test_detect_stage_writes_training_set_suspicion(tiny_run):
@@ -149,6 +231,9 @@ def test_detect_stage_writes_training_set_suspicion(tiny_run):
     noisy = samples["is_noisy"].to_numpy(bool)
     flagged = table["is_label_issue"].to_numpy(bool)
     assert flagged[noisy].mean() > 2 * max(flagged[~noisy].mean(), 0.05)
+    seen = table["times_seen"] > 0  # the recorded features give every trained sample an outlier score
+    assert table.loc[seen, "outlier_score"].between(0, 1).all() and table.loc[~seen, "outlier_score"].isna().all()
+    assert "outlier_score" in detectors.index
     entry = tiny_run.manifest()["stages"]["detect"]
     assert entry["train_samples"] == int((table["times_seen"] > 0).sum()) and entry["train_auroc"] == round(detectors.loc["suspicion", "auroc"], 4)
 
@@ -334,6 +419,9 @@ def test_the_trainer_callback_records_what_ftviz_loop_records_for_the_same_batch
     np.testing.assert_array_equal(cb_ids, ids)
     # float16 files; the two routes' float32 arithmetic differs in the last bits only
     np.testing.assert_allclose(cb_logits.astype(np.float32), logits.astype(np.float32), atol=1e-2, rtol=1e-2)
+    # The head's input, hooked in the Trainer, is the embedding ftviz's loop records.
+    np.testing.assert_allclose(last_features(RunDir(tmp_path / "cb"), np.arange(len(splits.train))),
+                               last_features(loop, np.arange(len(splits.train))), atol=2e-2, rtol=1e-2)
     assert np.abs(logits[steps == steps.max()].astype(np.float32)
                   - logits[steps == 0].astype(np.float32)[: (steps == steps.max()).sum()]).max() > 0.1  # it trained
     cb_samples = RunDir(tmp_path / "cb").read_parquet("train_samples.parquet")

@@ -216,6 +216,9 @@ def test_training_rows_are_train_suspicion_with_labels_and_images(run, table, tr
     np.testing.assert_array_equal(train_rows["suspicion_rank"], suspicion["suspicion_rank"])
     np.testing.assert_array_equal(train_rows["is_label_issue"].astype(bool), suspicion["is_label_issue"])
     np.testing.assert_allclose(train_rows["aum"], suspicion["aum"])
+    # The outlier score from the features training recorded (NaN for a sample never trained on).
+    np.testing.assert_array_equal(train_rows["outlier_score_last"].astype(float), suspicion["outlier_score"])
+    assert train_rows["outlier_score_last"].notna().sum() == (suspicion["times_seen"] > 0).sum()
     assert train_rows["times_seen"].tolist() == suspicion["times_seen"].tolist()
     assert train_rows["given_label"].tolist() == [names[c] for c in samples["given_label"]]
     assert train_rows["true_label"].tolist() == [names[c] for c in samples["true_label"]]

@@ -26,6 +26,9 @@ resume_from_checkpoint=...)``) keeps the frames up to the checkpoint's step.
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from transformers import TrainerCallback
 
 from ftviz import distributed
@@ -57,6 +60,10 @@ class FtvizCallback(TrainerCallback):
         callback takes it out of the batch before the model sees it.
     train_labels : (M,) int, the training labels by sample id (needed with ``dynamics``);
         ``train_true_labels`` where known to differ (noise you injected).
+    dynamics_features : with ``dynamics``, also each training sample's embedding (the input of
+        the model's linear ``classifier`` head, the vector a probe snapshot keeps) at each
+        step: the training set's kNN label vote and outlier score. A model without such a head
+        records logits only (a warning says so).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class FtvizCallback(TrainerCallback):
         id_column: str = "sample_id",
         train_labels=None,
         train_true_labels=None,
+        dynamics_features: bool = True,
     ):
         if int(every) < 1:
             raise FtvizError(f"every must be a number of optimizer steps >= 1, got {every!r}")
@@ -98,6 +106,7 @@ class FtvizCallback(TrainerCallback):
         self.recorder = None
         self.probe_model = None
         self.dynamics = bool(dynamics)
+        self.dynamics_features = bool(dynamics_features)
         self.id_column = id_column
         if self.dynamics and train_labels is None:
             raise FtvizError("FtvizCallback(dynamics=True) needs train_labels= (the training labels, indexed by "
@@ -106,6 +115,7 @@ class FtvizCallback(TrainerCallback):
         self.train_true_labels = None if train_true_labels is None else [int(v) for v in train_true_labels]
         self._hooks = []
         self._pending_ids = None
+        self._pending_features = None
         self._state = None
 
     # ---- Trainer events ----------------------------------------------------------------
@@ -198,6 +208,14 @@ class FtvizCallback(TrainerCallback):
                                 class_names=names)
         self._hooks = [model.register_forward_pre_hook(self._take_ids, with_kwargs=True),
                        model.register_forward_hook(self._keep_logits)]
+        if self.dynamics_features:
+            head = getattr(model, "classifier", None)
+            if isinstance(head, torch.nn.Linear):
+                self._hooks.append(head.register_forward_pre_hook(self._keep_features))
+            else:
+                warnings.warn(f"FtvizCallback: {type(model).__name__} has no linear `classifier` head; the training "
+                              "dynamics keep logits only (no kNN label vote or outlier score on the training set)",
+                              stacklevel=2)
 
     def _take_ids(self, module, args, kwargs):
         if not module.training:
@@ -210,13 +228,18 @@ class FtvizCallback(TrainerCallback):
         self._pending_ids = kwargs.pop(self.id_column)
         return args, kwargs
 
+    def _keep_features(self, module, args):
+        if self._pending_ids is not None:  # a training forward pass: the head's input, detached
+            self._pending_features = args[0].detach().reshape(len(args[0]), -1)
+
     def _keep_logits(self, module, args, output):
         if self._pending_ids is None:
             return
         ids, self._pending_ids = self._pending_ids, None
+        features, self._pending_features = self._pending_features, None
         logits = output["logits"] if isinstance(output, dict) or hasattr(output, "keys") else output[0]
         # global_step counts the updates before this forward pass, as a snapshot's step does.
-        self.recorder.record_batch(self._state.global_step, ids, logits)
+        self.recorder.record_batch(self._state.global_step, ids, logits, features=features)
 
     # ---- helpers -----------------------------------------------------------------------
     def _snapshot(self, state, step: int) -> None:
