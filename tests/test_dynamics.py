@@ -219,6 +219,9 @@ def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
     voted, flags, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
     assert auroc_against_noise(voted["suspicion"], noisy) > auroc_against_noise(alone["suspicion"], noisy) + 0.05
     assert voted["outlier_rank"][odd] == 1 and np.isfinite(voted["outlier_score"]).all()
+    # The vote suggests the flips' true labels where the network alone cannot tell.
+    right = lambda columns: np.mean(columns["suggested_label"][flipped] == true[flipped])  # noqa: E731
+    assert right(voted) >= 0.9 and right(voted) > right(alone) + 0.2
     assert flags["outlier_score"] is None  # a score without a flag rule, as for the probe
 
 
