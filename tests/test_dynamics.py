@@ -444,28 +444,30 @@ def _passes_with_margins(margins: np.ndarray, labels: np.ndarray, classes: int =
 def test_training_issue_count_trusts_the_margin_mode_once_the_network_has_learnt():
     """A network that learnt the data (clean margins high, wrong labels' margins low and
     separate): the lower mode's 40 labels are flagged even where the first count says 10."""
-    from ftviz.detectors import training_issue_count
+    from ftviz.detectors import margin_modes, training_issue_count
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 400)
     margins = rng.normal(4.0, 1.0, (6, 400))
     margins[:, :40] = rng.normal(-3.0, 1.0, (6, 40))
-    logits = _passes_with_margins(margins, labels)
-    assert 36 <= training_issue_count(logits=logits, labels=labels, start=0, recommended=10) <= 44
-    assert training_issue_count(logits=logits, labels=labels, start=0, recommended=60) == 60
+    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    assert modes[1] is False  # learnt: it disagrees with no more labels than the lower mode holds
+    assert 36 <= training_issue_count(recommended=10, modes=modes) <= 44
+    assert training_issue_count(recommended=60, modes=modes) == 60
+    assert training_issue_count(recommended=60, modes=None) == 60
 
 
 def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
     """A weak network: 40 wrong labels far below zero, the correct ones a wide spread around a
     low margin (a sixth of them below zero). Its disagreement (~96) outnumbers the lower margin
     mode (~40), so the smaller of the two counts is taken, never the disagreement."""
-    from ftviz.detectors import training_issue_count
+    from ftviz.detectors import margin_modes, training_issue_count
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 400)
     margins = rng.normal(1.5, 1.5, 400) + rng.normal(0.0, 0.3, (6, 400))
     margins[:, :40] = rng.normal(-4.0, 0.5, (6, 40))
-    logits = _passes_with_margins(margins, labels)
-    lower_mode = training_issue_count(logits=logits, labels=labels, start=0, recommended=10_000)
-    assert 36 <= lower_mode <= 44
-    assert training_issue_count(logits=logits, labels=labels, start=0, recommended=30) == 30
+    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    assert modes[1] is True
+    assert 36 <= training_issue_count(recommended=10_000, modes=modes) <= 44
+    assert training_issue_count(recommended=30, modes=modes) == 30
