@@ -22,7 +22,10 @@ How the cores are shared (``start_follower``'s ``share``):
   the follower the rest, fixed. Measured on 2 cores (``make animate``'s run): two processes
   left to their own thread counts gained nothing; training on 2 threads beside a follower
   niced to 19 on the idle share took 48 s to train instead of 37.5 s on 1 thread (torch's
-  threads wait for the one the follower delays); one thread each is the fastest.
+  threads wait for the one the follower delays); one thread each is the fastest. A follower
+  under SCHED_IDLE (it runs only where no other task wants a core, and yields at each wake-up)
+  beside training on 2 threads was worse still: training took 52.6 s against 40.1 s split
+  (27.6 s alone; two runs each alternated, 2026-12-02).
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
@@ -133,9 +136,9 @@ def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None
     if not config.train.follow:
         return None
     gpu = not str(device).startswith("cpu")
-    share = share or os.environ.get("FTVIZ_EXPERIMENT_SHARE") or ("idle" if gpu else "split")
-    if share not in ("split", "idle", "background"):
-        raise ValueError(f"share must be 'split', 'idle' or 'background', got {share!r}")
+    share = share or ("idle" if gpu else "split")
+    if share not in ("split", "idle"):
+        raise ValueError(f"share must be 'split' or 'idle', got {share!r}")
     if share == "split":
         training_threads, follower_threads = thread_split()
         try:
@@ -147,12 +150,10 @@ def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None
     else:  # the most it may take; each frame takes what was idle (IdleCores)
         follower_threads = max(1, available_cores())
     env = dict(os.environ, **{name: str(follower_threads) for name in THREAD_VARIABLES})
-    env["FTVIZ_FOLLOWER_SHARE"] = "idle" if share == "background" else share
+    env["FTVIZ_FOLLOWER_SHARE"] = share
     # Sharing cores it measures as idle, the follower yields to training at once when training
     # wants one back (a GPU's feeding loop waits for no analysis).
     nice = (lambda: os.nice(10)) if share == "idle" and hasattr(os, "nice") else None
-    if share == "background":
-        nice = lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     env.pop("FTVIZ_TEST_KILL_AT", None)  # a test's stop point is training's, not the follower's
     # Training on the CPU: so is the analysis ([score] device "auto" would import torch, ~2 s of
     # the follower's start, only to find no GPU). Training on a GPU: the analysis may use it too.

@@ -217,7 +217,7 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
     # FFT interpolation past a few thousand points; Barnes-Hut is faster below.
     gradient = "fft" if len(X) > 5000 else "bh"
     if previous is None:
-        start = initialization.pca(X, random_state=seed)
+        start = _pca_start(X, seed, initialization)
         embedding = openTSNE.TSNEEmbedding(start, affinities, negative_gradient_method=gradient,
                                            n_jobs=n_jobs, random_state=seed)
         early = max(1, first_iter // 3)
@@ -228,6 +228,24 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
     if n_iter == 0:
         return np.asarray(previous, dtype=np.float64).copy()
     return np.asarray(embedding.optimize(n_iter=n_iter, momentum=0.8))
+
+
+def _pca_start(X: np.ndarray, seed: int, initialization) -> np.ndarray:
+    """The first t-SNE frame's start (N, 2): the top two principal components, scaled and
+    jittered as openTSNE's ``initialization.pca`` does.
+
+    Not that function itself: scikit-learn's PCA behind it returns values that differ in the
+    last bits with the number of BLAS threads (8.7e-11 on the default run's first snapshot),
+    and 300 iterations of t-SNE grow that into a different layout (points 24 units apart),
+    so a followed run (its frames on 1 or 2 threads, as cores are idle) and the stage after
+    training drew different first frames. :func:`pca_basis`'s products give the same bits on
+    any thread count, and it imports no scikit-learn into the follower's first frame.
+    """
+    mean, components, _ = pca_basis(X)
+    start = (np.asarray(X, dtype=np.float64) - mean) @ components
+    initialization.rescale(start, inplace=True)
+    initialization.jitter(start, inplace=True, random_state=seed)
+    return np.ascontiguousarray(start)
 
 
 def _umap_frame(X: np.ndarray, previous: np.ndarray | None, *, neighbors: int, n_iter: int,
