@@ -147,10 +147,12 @@ class DataConfig(Section):
     # Label fixes from `ftviz quality RUN --export FILE.csv` (possibly edited): the training
     # rows with is_label_issue true are relabelled to suggested_label, or dropped.
     fixes: str = ""  # "" = none, else the CSV's path
-    fix: str = "relabel"  # relabel | drop
+    # auto: each flagged row as its `fix` cell says (the find run's recommendation: relabel while
+    # its network was weak, else drop); relabel | drop: every flagged row so
+    fix: str = "auto"
 
     constraints: ClassVar[dict[str, Any]] = {
-        "fix": Options("relabel", "drop"),
+        "fix": Options("auto", "relabel", "drop"),
         "noise_rate": Interval(float, 0, 1, closed="left"),
         "noise": Options("symmetric", "asymmetric"),
         "probe": Options("train", "test"),

@@ -382,8 +382,10 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
     """Apply an export of ``ftviz quality RUN --export`` to the training labels.
 
     The rows with ``split`` "train" and ``is_label_issue`` true are relabelled to their
-    ``suggested_label`` (``how="relabel"``; a row whose suggestion is blank is dropped) or
-    dropped (``how="drop"``). A file naming ids the
+    ``suggested_label`` (``how="relabel"``; a row whose suggestion is blank is dropped),
+    dropped (``how="drop"``), or each as its ``fix`` cell says (``how="auto"``: "drop" or a
+    blank suggestion drops it, anything else relabels; a file without the column is
+    relabelled). A file naming ids the
     split does not have, labels outside 0..C-1, or made for another training split (its
     ``dataset`` column, when present, is the split's fingerprint) is refused in one line.
 
@@ -433,6 +435,8 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
         drop = np.ones(len(ids), dtype=bool)
     else:
         drop = suggestion.isna().to_numpy() | (suggestion.astype(str).str.strip() == "").to_numpy()
+        if how == "auto" and "fix" in flagged:
+            drop |= (flagged["fix"].fillna("").astype(str).str.strip().str.lower() == "drop").to_numpy()
     suggested = _as_ints(suggestion[~drop], "suggested_label", where)
     outside = suggested[(suggested < 0) | (suggested >= num_classes)]
     if len(outside):

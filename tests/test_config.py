@@ -87,7 +87,7 @@ BAD_VALUES = {
     ("train", "max_steps"): (-1, ">= 0"), ("train", "dynamics"): ("yes", "true or false"),
     ("train", "dynamics_features"): (1, "true or false"),
     ("train", "follow"): ("yes", "true or false"), ("train", "seed"): (-2, ">= -1"),
-    ("data", "fix"): ("fixit", "'relabel' or 'drop'"),
+    ("data", "fix"): ("fixit", "'auto', 'relabel' or 'drop'"),
     ("score", "k"): (0, ">= 1"), ("score", "top"): (-1, ">= 0"), ("score", "method"): ("faiss", "'knn'"),
     ("score", "device"): ("tpu", "'cpu'"),
     ("detect", "rule"): ("first", "'auto', 'history' or 'last'"), ("detect", "learnt_fraction"): (0.0, "(0, 1]"),

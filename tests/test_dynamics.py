@@ -175,7 +175,7 @@ def test_training_set_detectors_find_flips_in_synthetic_dynamics():
     for k in range(epochs):
         history[k, np.arange(n), true] += 0.8 * k  # the true class is learnt by generalisation
         history[k, flipped, given[flipped]] += max(0, k - 4) * 1.0  # fitted late, never above the true class
-    columns, flags, _, _ = detect_training_set(history=history, labels=given,
+    columns, flags, _, _, _ = detect_training_set(history=history, labels=given,
                                                slot_steps=np.tile(np.arange(epochs)[:, None] * 10, (1, n)))
     noisy = np.zeros(n, bool)
     noisy[flipped] = True
@@ -216,7 +216,8 @@ def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
     noisy = np.zeros(n, bool)
     noisy[flipped] = True
     alone, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps)
-    voted, flags, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
+    voted, flags, *_, fix = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
+    assert fix == "relabel"  # a weak network: its (voted) suggestions are worth more than dropping
     assert auroc_against_noise(voted["suspicion"], noisy) > auroc_against_noise(alone["suspicion"], noisy) + 0.05
     assert voted["outlier_rank"][odd] == 1 and np.isfinite(voted["outlier_score"]).all()
     # The vote suggests the flips' true labels where the network alone cannot tell.
@@ -253,9 +254,15 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     flagged = table[(table["split"] == "train") & table["is_label_issue"]]
     assert len(flagged) > 0
 
+    # The detect stage's recommendation on every flagged training row, blank elsewhere.
+    recommended = tiny_run.manifest()["stages"]["detect"]["train_fix"]
+    assert recommended in ("relabel", "drop") and (flagged["fix"] == recommended).all()
+    assert table.loc[~table.index.isin(flagged.index), "fix"].isna().all()  # blank cells read back as NaN
+
     config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
     base = load_splits(config.data, seed=config.seed)
     config.data.fixes = str(path)
+    config.data.fix = "relabel"
     relabelled = load_splits(config.data, seed=config.seed)
     expected = base.train.labels.copy()
     expected[flagged["id"].to_numpy()] = flagged["suggested_label"].to_numpy()
@@ -281,6 +288,21 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     assert len(dropped.train) == 200 - len(flagged)
     assert not set(flagged["id"]) & set(dropped.train_sample_ids.tolist())
     np.testing.assert_array_equal(dropped.train.labels, base.train.labels[dropped.train_sample_ids])
+
+    # data.fix = "auto" (the default): each flagged row as its fix cell says.
+    by_row = table.copy()
+    train_flagged = (by_row["split"] == "train") & by_row["is_label_issue"]
+    by_row.loc[train_flagged, "fix"] = "relabel"
+    by_row.loc[train_flagged & by_row["id"].isin(cleared), "fix"] = "drop"
+    by_row.to_csv(tmp_path / "by_row.csv", index=False)
+    config.data.fixes, config.data.fix = str(tmp_path / "by_row.csv"), "auto"
+    auto = load_splits(config.data, seed=config.seed)
+    assert auto.fixes_applied["dropped"] == 2 and not set(cleared) & set(auto.train_sample_ids.tolist())
+    np.testing.assert_array_equal(auto.train.labels, expected[auto.train_sample_ids])
+    # As exported, "auto" follows the run's recommendation.
+    config.data.fixes = str(path)
+    as_exported = load_splits(config.data, seed=config.seed)
+    assert len(as_exported.train) == (200 - len(flagged) if recommended == "drop" else 200)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -63,14 +63,17 @@ def cmd_quality(args) -> None:
         print(f"\nwrote {rows} rows to {args.export} (use it with --set data.fixes={args.export})")
 
 
-EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "dataset"]
+EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "fix", "dataset"]
 
 
 def export_table(run):
     """One row per examined sample, probe then training set (when the run recorded dynamics).
 
     ``dataset`` is the training split's fingerprint (run.json ``train_split``), which
-    ``data.fixes`` checks; "" where the run did not record it.
+    ``data.fixes`` checks; "" where the run did not record it. ``fix`` is, on each flagged
+    training row, what ``data.fix = "auto"`` does with it: the detect stage's recommendation
+    for this run ("relabel" while the network is weak, else "drop";
+    :data:`ftviz.detectors.FIX_BY_REGIME`); blank elsewhere. Edit it row by row if you like.
     """
     import numpy as np
     import pandas as pd
@@ -94,12 +97,16 @@ def export_table(run):
     })
     parts = [probe]
     train = read_training_suspicion(run)
+    probe["fix"] = ""
     if train is not None:
+        recommended = str(run.manifest().get("stages", {}).get("detect", {}).get("train_fix", "relabel"))
+        flagged = train["is_label_issue"].to_numpy(bool)
         parts.append(pd.DataFrame({
             "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": train["given_label"].to_numpy(np.int64),
             "suggested_label": train["suggested_label"].to_numpy(np.int64),
             "suspicion": train["suspicion"].to_numpy(np.float64),
-            "is_label_issue": train["is_label_issue"].to_numpy(bool),
+            "is_label_issue": flagged,
+            "fix": np.where(flagged, recommended, ""),
         }))
     table = pd.concat(parts, ignore_index=True)
     table["dataset"] = fingerprint
