@@ -242,6 +242,16 @@ def test_detect_stage_writes_training_set_suspicion(tiny_run):
     assert entry["train_samples"] == int((table["times_seen"] > 0).sum()) and entry["train_auroc"] == round(detectors.loc["suspicion", "auroc"], 4)
 
 
+def test_quality_prints_the_training_set_and_its_recommended_fix(tiny_run, capsys):
+    from ftviz.cli import main as ftviz_main
+
+    assert ftviz_main(["quality", str(tiny_run.path)]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_parquet(tiny_run.file("train_suspicion.parquet"))
+    fix = tiny_run.manifest()["stages"]["detect"]["train_fix"]
+    assert f"{int(table['is_label_issue'].sum())} of 200 samples flagged; recommended fix: {fix} (" in out
+
+
 # ---- export and fix ------------------------------------------------------------------------------
 def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run, tmp_path):
     from ftviz.cli.quality import export_fixes

@@ -22,7 +22,7 @@ def register(add) -> None:
     p.add_argument("--frames", action="store_true", help="also list single-frame Cleanlab at every snapshot")
     p.add_argument("--export", metavar="FILE.csv",
                    help="write one row per examined sample (split, id, given_label, suggested_label, suspicion, "
-                        "is_label_issue) for data.fixes in the next run")
+                        "is_label_issue, fix: the recommended relabel or drop, dataset) for data.fixes in the next run")
 
 
 def cmd_quality(args) -> None:
@@ -50,8 +50,11 @@ def cmd_quality(args) -> None:
         import pandas as pd
 
         print()
+        fix = run.manifest().get("stages", {}).get("detect", {}).get("train_fix")
+        advice = {"relabel": "; recommended fix: relabel (the network is still weak: its suggestions beat dropping)",
+                  "drop": "; recommended fix: drop (the network has learnt its training set)"}.get(fix, "")
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
-              "samples flagged")
+              f"samples flagged{advice}")
         if train_detectors.is_file():
             table = pd.read_parquet(train_detectors)
             print(format_detectors(table if args.frames else table[table["detector"] != "cleanlab_frame"]))
