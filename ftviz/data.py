@@ -447,8 +447,8 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
     labels[relabelled] = suggested
     keep = np.setdiff1d(np.arange(len(labels)), ids[drop])
     if len(np.unique(labels[keep])) < 2:
-        dropped = "with data.fix = 'drop'" if how == "drop" else "dropping the flagged rows with no suggested label"
-        raise FtvizError(f"{where} {dropped} leaves fewer than two classes to train on")
+        raise FtvizError(f"{where} with data.fix = {how!r} drops {int(drop.sum())} rows and leaves fewer than two "
+                         "classes to train on")
     return labels, keep, {"relabelled": changed, "dropped": int(drop.sum())}
 
 

@@ -679,14 +679,13 @@ def detect_training_run(run, section: DetectConfig) -> dict:
     :func:`ftviz.dynamics.has_dynamics`."""
     import pandas as pd
 
-    from ftviz.dynamics import histories, last_features, load_dynamics, read_train_samples
+    from ftviz.dynamics import histories, last_features, load_dynamics, read_train_samples, sample_positions
     from ftviz.rundir import write_parquet
 
     samples = read_train_samples(run)
     sample_ids = samples["id"].to_numpy(np.int64)
     ids, steps, logits = load_dynamics(run)
-    position = np.searchsorted(sample_ids, ids)
-    known = (position < len(sample_ids)) & (sample_ids[np.minimum(position, len(sample_ids) - 1)] == ids)
+    position, known = sample_positions(sample_ids, ids)
     if not known.all():
         raise FtvizError(f"{run.path}: the training dynamics name sample id {int(ids[~known][0])}, which "
                          "train_samples.parquet lacks; rerun training")

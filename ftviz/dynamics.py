@@ -154,10 +154,10 @@ class DynamicsLog:
 
         if not self._ids:
             return None
-        logits = torch.cat(self._logits)
+        ids, logits = torch.cat(self._ids), torch.cat(self._logits)
         parts = [
-            torch.stack([torch.cat(self._ids), torch.cat(self._steps), torch.cat(self._order),
-                         torch.full_like(torch.cat(self._ids), logits.shape[1])], 1).double(),
+            torch.stack([ids, torch.cat(self._steps), torch.cat(self._order),
+                         torch.full_like(ids, logits.shape[1])], 1).double(),
             logits.double(),  # float16 -> float64 is exact
         ]
         if self._features:
@@ -217,19 +217,36 @@ def _write_chunk(path: Path, ids: np.ndarray, steps: np.ndarray, logits: np.ndar
             np.savez(handle, **arrays)
 
 
+def _read_chunk(path: Path, names: tuple[str, ...], *, optional: str | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays ``names`` of one dynamics file, with ``optional`` too; None when the file
+    lacks ``optional`` (features). Raises :class:`FtvizError` naming the file when it is damaged."""
+    try:
+        with np.load(path) as data:
+            if optional is not None and optional not in data.files:
+                return None
+            return {name: data[name] for name in (*names, *([optional] if optional else []))}
+    except Exception as error:  # zip / key errors from a damaged file
+        raise FtvizError(f"{path} is corrupt ({type(error).__name__}); delete {path.parent} and rerun "
+                         "training to record the training dynamics again") from None
+
+
+def sample_positions(sample_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position (M,), known (M,) bool): the row of each of ``ids`` in the sorted ``sample_ids``,
+    and whether it is there at all."""
+    position = np.searchsorted(sample_ids, ids)
+    known = (position < len(sample_ids)) & (sample_ids[np.minimum(position, len(sample_ids) - 1)] == ids)
+    return position, known
+
+
 def load_dynamics(run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every recorded row of ``run``: (ids (M,) int64, step (M,) int64, logits (M, C) float16),
     in training order. Raises :class:`FtvizError` naming the file when one is damaged."""
     ids, steps, logits = [], [], []
     for path in chunk_paths(run):
-        try:
-            with np.load(path) as data:
-                ids.append(data["ids"].astype(np.int64))
-                steps.append(data["step"].astype(np.int64))
-                logits.append(data["logits"])
-        except Exception as error:  # zip / key errors from a damaged file
-            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); delete {path.parent} and rerun "
-                             "training to record the training dynamics again") from None
+        chunk = _read_chunk(path, ("ids", "step", "logits"))
+        ids.append(chunk["ids"].astype(np.int64))
+        steps.append(chunk["step"].astype(np.int64))
+        logits.append(chunk["logits"])
     if not ids:
         raise FtvizError(f"{run.path} has no training dynamics ({DYNAMICS_DIR}/); rerun training with "
                          "train.dynamics = true")
@@ -250,22 +267,17 @@ def last_features(run, sample_ids: np.ndarray) -> np.ndarray | None:
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
     out, filled = None, np.zeros(len(sample_ids), dtype=bool)
     for path in reversed(chunk_paths(run)):
-        try:
-            with np.load(path) as data:
-                if "features" not in data.files:
-                    return out  # older rows without features (the setting changed on resume)
-                ids, features = data["ids"].astype(np.int64), data["features"]
-        except Exception as error:  # zip / key errors from a damaged file
-            raise FtvizError(f"{path} is corrupt ({type(error).__name__}); delete {path.parent} and rerun "
-                             "training to record the training dynamics again") from None
+        chunk = _read_chunk(path, ("ids",), optional="features")
+        if chunk is None:
+            return out  # older rows without features (the setting changed on resume)
+        ids, features = chunk["ids"].astype(np.int64), chunk["features"]
         if features.ndim != 2 or len(features) != len(ids):
             raise FtvizError(f"{path} holds features of shape {features.shape} for {len(ids)} rows; rerun training")
         if out is None:
             out = np.full((len(sample_ids), features.shape[1]), np.nan, dtype=np.float32)
         elif features.shape[1] != out.shape[1]:
             raise FtvizError(f"{path.parent} holds features of different widths; rerun training")
-        position = np.searchsorted(sample_ids, ids)
-        known = (position < len(sample_ids)) & (sample_ids[np.minimum(position, len(sample_ids) - 1)] == ids)
+        position, known = sample_positions(sample_ids, ids)
         # Newest row first: reversed, np.unique's first index is the latest pass in this file.
         rows = np.flatnonzero(known)[::-1]
         _, first = np.unique(position[rows], return_index=True)

@@ -195,7 +195,7 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
     shared neighbour search, if any.
     """
     openTSNE = _import_opentsne()
-    from openTSNE import affinity, initialization
+    from openTSNE import affinity
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     perplexity, k = _tsne_perplexity(perplexity, len(X))
@@ -217,7 +217,7 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
     # FFT interpolation past a few thousand points; Barnes-Hut is faster below.
     gradient = "fft" if len(X) > 5000 else "bh"
     if previous is None:
-        start = _pca_start(X, seed, initialization)
+        start = _pca_start(X, seed)
         embedding = openTSNE.TSNEEmbedding(start, affinities, negative_gradient_method=gradient,
                                            n_jobs=n_jobs, random_state=seed)
         early = max(1, first_iter // 3)
@@ -230,7 +230,7 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
     return np.asarray(embedding.optimize(n_iter=n_iter, momentum=0.8))
 
 
-def _pca_start(X: np.ndarray, seed: int, initialization) -> np.ndarray:
+def _pca_start(X: np.ndarray, seed: int) -> np.ndarray:
     """The first t-SNE frame's start (N, 2): the top two principal components, scaled and
     jittered as openTSNE's ``initialization.pca`` does.
 
@@ -241,6 +241,8 @@ def _pca_start(X: np.ndarray, seed: int, initialization) -> np.ndarray:
     training drew different first frames. :func:`pca_basis`'s products give the same bits on
     any thread count, and it imports no scikit-learn into the follower's first frame.
     """
+    from openTSNE import initialization
+
     mean, components, _ = pca_basis(X)
     start = (np.asarray(X, dtype=np.float64) - mean) @ components
     initialization.rescale(start, inplace=True)

@@ -50,7 +50,7 @@ def cmd_quality(args) -> None:
         import pandas as pd
 
         print()
-        fix = run.manifest().get("stages", {}).get("detect", {}).get("train_fix")
+        fix = recommended_fix(run.manifest())
         advice = {"relabel": "; recommended fix: relabel (the network is still weak: its suggestions beat dropping)",
                   "drop": "; recommended fix: drop (the network has learnt its training set)"}.get(fix, "")
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
@@ -64,6 +64,12 @@ def cmd_quality(args) -> None:
     if args.export:
         rows = export_fixes(run, args.export)
         print(f"\nwrote {rows} rows to {args.export} (use it with --set data.fixes={args.export})")
+
+
+def recommended_fix(manifest: dict) -> str | None:
+    """The detect stage's fix for the flagged training labels ("relabel" | "drop"), None when
+    it recorded none (a run from before the recommendation, or without training dynamics)."""
+    return manifest.get("stages", {}).get("detect", {}).get("train_fix")
 
 
 EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "fix", "dataset"]
@@ -84,12 +90,13 @@ def export_table(run):
     from ftviz.detectors import learnt_from, load_logits, probe_is_trained_on, suggested_labels
     from ftviz.render.data import read_training_suspicion
 
-    fingerprint = str(run.manifest().get("train_split", {}).get("fingerprint", ""))
+    manifest = run.manifest()
+    fingerprint = str(manifest.get("train_split", {}).get("fingerprint", ""))
     suspicion = run.suspicion()
     samples = run.samples().sort_values("id").reset_index(drop=True)
     labels = samples["given_label"].to_numpy(np.int64)
     steps = run.snapshot_steps()
-    history = load_logits(run, steps if probe_is_trained_on(run.manifest()) else steps[-1:])
+    history = load_logits(run, steps if probe_is_trained_on(manifest) else steps[-1:])
     start = learnt_from(logits=history, labels=labels) if len(history) > 1 else 0
     probe = pd.DataFrame({
         "split": "probe", "id": samples["id"].to_numpy(np.int64), "given_label": labels,
@@ -97,12 +104,12 @@ def export_table(run):
                                             flags=suspicion["is_label_issue"].to_numpy(bool), start=start),
         "suspicion": suspicion["suspicion"].to_numpy(np.float64),
         "is_label_issue": suspicion["is_label_issue"].to_numpy(bool),
+        "fix": "",  # data.fixes reads training rows only
     })
     parts = [probe]
     train = read_training_suspicion(run)
-    probe["fix"] = ""
     if train is not None:
-        recommended = str(run.manifest().get("stages", {}).get("detect", {}).get("train_fix", "relabel"))
+        recommended = recommended_fix(manifest) or "relabel"  # an older run's: relabel, as before
         flagged = train["is_label_issue"].to_numpy(bool)
         parts.append(pd.DataFrame({
             "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": train["given_label"].to_numpy(np.int64),
