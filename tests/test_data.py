@@ -23,6 +23,25 @@ def test_digits_are_real_rgb_images():
     assert np.bincount(digits.labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    """The digits are read from the file scikit-learn ships, without importing it (a run's start
+    saves its import); the arrays are exactly what its loader returns."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from ftviz.data import _digits_arrays
+
+    pixels, target = _digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.data) and np.array_equal(target, reference.target)
+    imported = subprocess.run([sys.executable, "-c", "import sys; from ftviz.data import load_digits_images; "
+                               "load_digits_images(8); print('sklearn' in sys.modules)"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == "False"
+
+
 def test_noise_flips_exactly_and_never_to_the_same_class():
     labels = np.repeat(np.arange(10), 100)
     noisy, flipped = inject_label_noise(labels, 0.1, 10, seed=3)
