@@ -47,7 +47,8 @@ times_seen             times the sample was trained on; empty on probe rows (onl
 frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
 frame_last             as Spotlight embeddings (in an exported file: ``(x, y, 0)``, see
                        :func:`export_table`)
-embedding_last         the probe embedding at the last snapshot (D values)
+embedding_last         the probe embedding at the last snapshot (D values); a training row:
+                       its features at its last pass in training (empty without them)
 =====================  ===================================================================
 
 Spotlight is imported only inside :func:`show`; its telemetry stays off unless the user
@@ -159,7 +160,8 @@ def build_table(run: RunDir):
     }
     table = pd.DataFrame(columns)
     if training is not None:
-        table = _with_training_rows(table, _training_columns(run, training, category, noise=noise))
+        table = _with_training_rows(table, _training_columns(run, training, category, noise=noise,
+                                                             width=embedding.shape[1]))
     table.attrs["steps"] = {"first": int(first), "last": int(last)}
     return table
 
@@ -181,11 +183,12 @@ def training_rows(table):
     return table.reset_index(drop=True)
 
 
-def _training_columns(run: RunDir, training, category, *, noise: bool) -> dict:
-    """The training rows' columns (M values each), named as the table's."""
+def _training_columns(run: RunDir, training, category, *, noise: bool, width: int) -> dict:
+    """The training rows' columns (M values each), named as the table's; ``width``: D of the
+    probe's embedding column."""
     import pandas as pd
 
-    from ftviz.dynamics import read_train_images
+    from ftviz.dynamics import last_features, read_train_images
 
     count = len(training)
     images = read_train_images(run, mmap=True)  # checked against train_samples.parquet
@@ -212,6 +215,13 @@ def _training_columns(run: RunDir, training, category, *, noise: bool) -> dict:
                                                                categories=category([]).categories)
     if "times_seen" in training:
         columns["times_seen"] = training["times_seen"].to_numpy(np.int64)
+    # The features training recorded at each sample's last pass (the vector the head read, as
+    # the probe's embedding is): in the embedding column, Spotlight's similarity map places the
+    # training rows among the probe's. Empty where a sample has none or the widths differ.
+    features = last_features(run, training["id"].to_numpy(np.int64))
+    if features is not None and features.shape[1] == width:
+        complete = np.isfinite(features).all(axis=1)
+        columns[EMBEDDING_COLUMN] = [row if ok else None for row, ok in zip(features.astype(np.float32), complete)]
     return columns
 
 

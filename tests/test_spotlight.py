@@ -236,7 +236,17 @@ def test_training_rows_are_train_suspicion_with_labels_and_images(run, table, tr
     # The probe's own columns are missing values on training rows.
     assert train_rows["predicted_label"].isna().all() and train_rows["confidence"].isna().all()
     assert train_rows["label_issue_last"].isna().all() and train_rows["first_issue_step"].isna().all()
-    assert all(value is None for column in ("frame_first", "frame_last", "embedding_last") for value in train_rows[column])
+    assert all(value is None for column in ("frame_first", "frame_last") for value in train_rows[column])
+    # The embedding column holds the features training recorded at each sample's last pass, so
+    # Spotlight's similarity map places training rows among the probe's; none for a sample never seen.
+    from ftviz.dynamics import last_features
+
+    features = last_features(run, suspicion["id"].to_numpy(np.int64))
+    seen = (suspicion["times_seen"] > 0).to_numpy()
+    assert seen.any()
+    np.testing.assert_array_equal(np.stack(train_rows["embedding_last"][seen]), features[seen])
+    assert all(value is None for value in train_rows["embedding_last"][~seen])
+    assert len(train_rows["embedding_last"][np.flatnonzero(seen)[0]]) == len(table["embedding_last"][0])
     # ... and the training set's own columns are missing on the probe's.
     assert table["suggested_label"].isna().all() and table["times_seen"].isna().all()
 
