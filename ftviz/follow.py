@@ -25,7 +25,11 @@ How the cores are shared (``start_follower``'s ``share``):
   threads wait for the one the follower delays); one thread each is the fastest. A follower
   under SCHED_IDLE (it runs only where no other task wants a core, and yields at each wake-up)
   beside training on 2 threads was worse still: training took 52.6 s against 40.1 s split
-  (27.6 s alone; two runs each alternated, 2026-12-02).
+  (27.6 s alone; two runs each alternated, 2026-12-02). Nor did training on 2 threads while
+  the follower slept and 1 while it worked (read from /proc at each step): 39.9 s to train
+  against 36.8 s split, one run each, and its numbers would change with the timing. Nor did
+  the last frame on both cores once training is done: 1.60 and 1.72 s against 1.49 s on one
+  (training's process scores and detects beside it; t-SNE at 1,797 points gains little).
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
