@@ -151,6 +151,14 @@ class _CovarianceAccumulator:
 # ---------------------------------------------------------------------------------------
 # Neighbour embeddings, warm-started
 # ---------------------------------------------------------------------------------------
+# The FFT gradient's grid: openTSNE (as FIt-SNE) lays one interpolation interval per unit of
+# the layout's extent, but at least 50 a side. A compact layout (t-SNE's first iterations, the
+# early frames of an embedding still forming) then gets intervals far finer than a unit, which
+# the accuracy does not need and the FFTs pay for. At least 20 a side (unit intervals from 20
+# units of extent up): at 10,000 x 768 the first frame's 300 iterations took 4.4 s against 7.4 s
+# (KL divergence 4.265 against 4.260); the default run's 35 frames, forced through the FFT
+# gradient, kept 0.532 of the last frame's neighbours against 0.524.
+FFT_MIN_INTERVALS = 20
 EXACT_NEIGHBOURS_UP_TO = 20_000  # beyond, N^2 products cost more than an approximate index
 
 
@@ -216,15 +224,16 @@ def _tsne_frame(X: np.ndarray, previous: np.ndarray | None, *, perplexity: float
                                                 random_state=seed, verbose=False)
     # FFT interpolation past a few thousand points; Barnes-Hut is faster below.
     gradient = "fft" if len(X) > 5000 else "bh"
+    grid = {"min_num_intervals": FFT_MIN_INTERVALS} if gradient == "fft" else {}
     if previous is None:
         start = _pca_start(X, seed)
         embedding = openTSNE.TSNEEmbedding(start, affinities, negative_gradient_method=gradient,
-                                           n_jobs=n_jobs, random_state=seed)
+                                           n_jobs=n_jobs, random_state=seed, **grid)
         early = max(1, first_iter // 3)
         embedding = embedding.optimize(n_iter=early, exaggeration=12, momentum=0.5)
         return np.asarray(embedding.optimize(n_iter=max(1, first_iter - early), momentum=0.8))
     embedding = openTSNE.TSNEEmbedding(previous, affinities, negative_gradient_method=gradient,
-                                       n_jobs=n_jobs, random_state=seed)
+                                       n_jobs=n_jobs, random_state=seed, **grid)
     if n_iter == 0:
         return np.asarray(previous, dtype=np.float64).copy()
     return np.asarray(embedding.optimize(n_iter=n_iter, momentum=0.8))

@@ -138,6 +138,34 @@ def test_tsne_first_frame_is_the_same_on_one_and_two_blas_threads(monkeypatch):
     np.testing.assert_array_equal(frames[0], frames[1])
 
 
+def test_tsne_past_5000_points_uses_the_coarser_fft_grid_and_separates_clusters(monkeypatch):
+    """Past 5,000 points t-SNE takes openTSNE's FFT gradient, on a grid of at least
+    FFT_MIN_INTERVALS intervals a side (not openTSNE's 50): the first frame and a continued one
+    still separate well-separated clusters, and the grid asked is the one openTSNE got."""
+    pytest.importorskip("openTSNE")
+    import openTSNE
+
+    from ftviz import project
+
+    made = []
+    original = openTSNE.TSNEEmbedding
+
+    def recorded(*args, **kwargs):
+        made.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(openTSNE, "TSNEEmbedding", recorded)
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, 5200)
+    X = (rng.normal(size=(6, 16))[labels] * 6 + rng.normal(size=(5200, 16))).astype(np.float32)
+    frames = FrameProjector(method="tsne", first_iter=90, iter=15).fit_transform(np.stack([X, X * 1.01]))
+    assert [kwargs["negative_gradient_method"] for kwargs in made] == ["fft", "fft"]
+    assert all(kwargs["min_num_intervals"] == project.FFT_MIN_INTERVALS < 50 for kwargs in made)
+    for frame in frames:  # each point's 10 nearest in the plane share its cluster
+        neighbours = project._planar_neighbours(frame, 10, np.arange(0, 5200, 13))
+        assert (labels[neighbours] == labels[np.arange(0, 5200, 13)][:, None]).mean() > 0.98
+
+
 def test_frames_are_read_one_at_a_time():
     """A sequence that hands out one frame per index is enough, even for the shared basis."""
     rng = np.random.default_rng(2)
