@@ -14,7 +14,7 @@ COMMA  := ,
 INSTALL = { test -x $(BIN)/uv && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --constraint $(VENV)/torch-constraint.txt -e ".[$(1)]"; } \
           || $(BIN)/pip install -q --constraint $(VENV)/torch-constraint.txt -e ".[$(1)]"
 
-.PHONY: install animate test test-fast spotlight compare bench browser clean
+.PHONY: install animate test test-fast spotlight compare bench browser clean device-wheels
 
 install: $(STAMP)
 
@@ -65,3 +65,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The wheels a GPU machine's image lacks (Python 3.12, no package index there), at the versions
+# installed here, into .whl/ (git-ignored) for experiments/device_check.sh to install there.
+DEVICE_WHEELS := cleanlab termcolor openTSNE plotly
+device-wheels: $(STAMP)
+	mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in '$(DEVICE_WHEELS)'.split()))")

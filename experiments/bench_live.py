@@ -98,7 +98,7 @@ def synthetic_snapshot(rng, centres, labels, progress: float) -> tuple[np.ndarra
 
 
 def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule: str = "", lead_in: float = 0.0,
-                share: str = "idle", busy_core: bool = False) -> None:
+                share: str = "idle", busy_core: bool = False, device: str = "cpu") -> None:
     from ftviz.config import ExperimentConfig, load_config
     from ftviz.follow import start_follower, wait_for_follower
     from ftviz.runs import Probe, open_run
@@ -122,7 +122,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
                           manifest=lambda: {"name": "scale", "config": config.to_dict()})
         run.mark_stage("train", "running")
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
-        follower = start_follower(run, device="cpu", share=share)
+        # "cuda": as a route training on a GPU starts it (the follower may search on the GPU too).
+        follower = start_follower(run, device=device, share=share)
         landed, steps = {}, []
         # Training's time before its first snapshot (loading the model and data, the step-0
         # probe pass): 0 writes the first snapshot as the follower starts.
@@ -161,7 +162,8 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
           f"({cpu_name()}, {os.cpu_count()} cores, " + ("one kept busy, " if busy_core else "")
           + (f"the follower on the idle cores: {', '.join(str(row['threads']) for row in parts)} thread(s) by frame, "
              if share == "idle" else f"the follower on the fixed half of the cores, {parts[0]['threads']} thread(s), ")
-          + f"first snapshot {lead_in:g} s after the follower's start)\n")
+          + f"first snapshot {lead_in:g} s after the follower's start"
+          + (f", training's device {device}" if device != "cpu" else "") + ")\n")
     names = list(dict.fromkeys(name for row in parts for name in row if name not in ("total", "threads")))
     print("| | total | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
@@ -284,6 +286,8 @@ def main() -> None:
                         help="seconds from the follower's start to the first snapshot (training's model load and step-0 probe)")
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy, as GPU training's feeding loop does")
     parser.add_argument("--split", action="store_true", help="the follower on the fixed half of the cores (CPU training's share)")
+    parser.add_argument("--device", default="cpu", help="where the writer's training would run: cpu, or cuda "
+                        "(the follower then searches neighbours on the GPU; experiments/device_check.sh)")
     parser.add_argument("--browser", action="store_true", help="only the served page in Chromium (section 3)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
@@ -294,7 +298,7 @@ def main() -> None:
         bench_default(args.pairs)
     if not args.skip_scale:
         bench_scale(args.frames, args.every, args.n, args.d, args.method, args.schedule, args.lead_in,
-                    share="split" if args.split else "idle", busy_core=args.busy_core)
+                    share="split" if args.split else "idle", busy_core=args.busy_core, device=args.device)
 
 
 if __name__ == "__main__":
