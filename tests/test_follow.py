@@ -114,6 +114,27 @@ def test_training_killed_while_the_follower_works_resumes_to_the_same_result(ref
     assert_same_analysis(run, reference)
 
 
+def test_the_follower_scores_without_hugging_face_datasets():
+    """The follower blocks `import datasets` (cleanlab's Datalab pulls it in, ~0.5 s of the
+    follower's start); cleanlab's scores and flags must work without it, as they do here."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from ftviz.follow import _without_hf_datasets\n"
+        "_without_hf_datasets()\n"
+        "import cleanlab.filter, cleanlab.rank\n"
+        "from ftviz.detectors import label_quality\n"
+        "labels = np.repeat(np.arange(3), 20); probs = np.full((60, 3), 0.05); probs[np.arange(60), labels] = 0.9\n"
+        "probs[0] = [0.05, 0.9, 0.05]; probs /= probs.sum(1, keepdims=True)\n"
+        "quality, flags = label_quality(probs=probs, labels=labels)\n"
+        "print(sys.modules['datasets'] is None, int(flags.sum()), int(np.argmin(quality)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "1", "0"]
+
+
 def test_thread_split_leaves_each_process_a_core():
     from ftviz.follow import thread_split
 
