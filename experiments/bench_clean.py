@@ -178,9 +178,9 @@ def bench(args) -> None:
     if args.ceiling:
         # What the rest of the gap is made of: the true labels with the flagged rows dropped
         # (what the drop arm would reach with every flip among its flags), and with as many
-        # random rows dropped (the cost of the rows alone). The files name no split fingerprint:
-        # the fingerprint covers the images, which are the same, and they are read as any export.
-        exported = pd.read_csv(fixes).drop(columns=["dataset"], errors="ignore")
+        # random rows dropped (the cost of the rows alone). The export's split fingerprint still
+        # holds without the noise: it covers the images, not the labels.
+        exported = pd.read_csv(fixes)
         train_rows = exported["split"] == "train"
         flagged = int(exported.loc[train_rows, "is_label_issue"].astype(bool).sum())
         ids = exported.loc[train_rows, "id"].to_numpy()

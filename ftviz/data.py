@@ -109,7 +109,7 @@ def load_digits_images(image_size: int = 32) -> ImageSet:
     grey = (pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)[..., None]
     grey = resize_images(grey, image_size)
     rgb = np.repeat(grey, 3, axis=-1)
-    return ImageSet(rgb, target.astype(np.int64), [str(d) for d in range(10)])
+    return ImageSet(rgb, target, [str(d) for d in range(10)])
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
