@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="optimizer steps between snapshots")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch (split over the processes)")
     parser.add_argument("--probe", type=int, default=300, help="held-out digits in the probe set")
+    parser.add_argument("--probe-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="of the probe forward: 'auto' is bf16 on a GPU and on CPUs with native bf16")
     args = parser.parse_args()
 
     digits = load_digits_images(32)
@@ -59,7 +61,8 @@ def main() -> None:
         remove_unused_columns=False,  # keeps sample_id in the batches
     )
     callback = FtvizCallback(args.run_dir, probe_images=digits.images[probe], probe_labels=digits.labels[probe],
-                             every=args.every, overwrite=True, dynamics=True, train_labels=digits.labels[train])
+                             every=args.every, overwrite=True, dynamics=True, train_labels=digits.labels[train],
+                             precision=args.probe_precision)
     Trainer(model=model, args=training, train_dataset=train_set, processing_class=processor,
             callbacks=[callback]).train()
     if training.process_index == 0:

@@ -34,7 +34,17 @@ def test_probe_forward_is_batch_independent_and_float16(model_and_images, dtype)
     one, logits = probe_forward(model, images, batch_size=300, dtype=dtype)
     many, _ = probe_forward(model, images, batch_size=7, dtype=dtype)
     assert one.dtype == np.float16 and one.shape == (300, 128) and logits.shape == (300, 10)
-    np.testing.assert_allclose(one.astype(np.float32), many.astype(np.float32), atol=2e-3)
+    if dtype is None:
+        np.testing.assert_allclose(one.astype(np.float32), many.astype(np.float32), atol=2e-3)
+    else:
+        # bf16 keeps 8 bits of mantissa, and a CPU with AMX accumulates its tiles in an order
+        # that depends on the batch size: measured on an AMX Xeon, values differ by up to
+        # 0.016 (an ulp or two) and the worst row's cosine is 1 - 1.3e-5. A row swapped or
+        # taken from another batch scores far below the bound.
+        a, b = one.astype(np.float64), many.astype(np.float64)
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() >= 1 - 1e-4
+        np.testing.assert_allclose(a, b, atol=0.05)
     assert model.training  # restored after the probe
 
 
