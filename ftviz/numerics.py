@@ -87,7 +87,10 @@ def exact_neighbours(
         the fp32 throughput on GPUs and AMX CPUs; torch) and re-ranks them exactly in float32,
         the margin covering bf16's rounding (~4e-3 on a cosine): identical neighbours to "fp32"
         on a clustered 10,000 x 768 test, where a margin of 8 changed 1 % of the rows; "auto"
-        takes "bf16" for N > 4096 where bf16 is fast, else "fp32".
+        takes "bf16" for N > 4096 on a GPU, else "fp32". Not on CPUs with AMX: there the bf16
+        product is fast but each set is searched alone and torch's (B, N) blocks and top-k cost
+        more than the product saves (a frame's two sets at 10,000 x 768 on a 2-core AMX Xeon:
+        4.5-5.0 s against 1.1 s for the shared fp32 search on 2 threads, 5.0-5.8 against 1.9 on one).
     threads : CPU threads of the numpy search (the products, the selection and the distances);
         default :func:`cpu_threads`. The work is cut into the same tasks of ``ROWS_PER_TASK``
         rows whatever the count, so any number of threads finds the same neighbours, ties included.
@@ -473,8 +476,7 @@ def _resolve(device: str, search: str, count: int) -> tuple[str, str]:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if search == "auto":
-        fast = device.startswith("cuda") or cpu_has_fast_bf16()
-        search = "bf16" if fast and count > 4096 else "fp32"
+        search = "bf16" if device.startswith("cuda") and count > 4096 else "fp32"
     return device, search
 
 
