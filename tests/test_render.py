@@ -240,6 +240,15 @@ def test_sprite_sheet_holds_every_thumbnail_where_the_page_crops_it():
         tile = sheet[row * info["cell"] : row * info["cell"] + 12, column * info["cell"] : column * info["cell"] + 20]
         np.testing.assert_array_equal(tile, image)
 
+    # Grey images (the digits) are stored as one channel, pixel for pixel the same.
+    grey = np.repeat(images[..., :1], 3, axis=-1)
+    data, info = sprite_sheet(grey, max_size=32, image_format="png")
+    picture = Image.open(BytesIO(data))
+    assert picture.mode == "L"
+    tile = np.asarray(picture.convert("RGB"))[: info["height"], : info["width"]]
+    np.testing.assert_array_equal(tile, grey[0])
+    assert Image.open(BytesIO(sprite_sheet(images, image_format="png")[0])).mode == "RGB"
+
     # A big probe gets smaller thumbnails, within the pixel budget.
     many = rng.integers(0, 255, (400, 32, 32, 3), dtype=np.uint8)
     _, info = sprite_sheet(many, max_size=32, budget_pixels=400 * 16 * 16)
