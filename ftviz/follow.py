@@ -27,9 +27,12 @@ How the cores are shared (``start_follower``'s ``share``):
   beside training on 2 threads was worse still: training took 52.6 s against 40.1 s split
   (27.6 s alone; two runs each alternated, 2026-12-02). Nor did training on 2 threads while
   the follower slept and 1 while it worked (read from /proc at each step): 39.9 s to train
-  against 36.8 s split, one run each, and its numbers would change with the timing. Nor did
-  the last frame on both cores once training is done: 1.60 and 1.72 s against 1.49 s on one
-  (training's process scores and detects beside it; t-SNE at 1,797 points gains little).
+  against 36.8 s split, one run each, and its numbers would change with the timing. Once
+  training is done the follower takes every core for the frames left and the last frame's
+  settle: on a 2-core AMX Xeon the last frame took 0.70-0.88 s on two threads against
+  1.36-1.39 s on one, and the page was complete 1.8 s after the last snapshot instead of 2.8
+  (on the Zen 3 EPYC of 2026-12-02 the last frame alone gained nothing: 1.60 and 1.72 s
+  against 1.49 s, training's process scoring and detecting beside it).
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
@@ -293,7 +296,15 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     idle = IdleCores(most) if os.environ.get("FTVIZ_FOLLOWER_SHARE") == "idle" else (lambda: most)
     # A frame's share is asked as it starts and again after its neighbour search (a first
     # frame's search can outlast training's start-up, which held a core).
-    neighbours = FrameNeighbours(config, device, after_search=lambda: _use_threads(idle()))
+    def training_done() -> bool:  # read again at each frame: the frames left may be several
+        return run.stage_status("train") == "done"
+
+    def share() -> int:
+        # Once training is done its cores are free (its process only scores and detects, ~0.5 s):
+        # the frames left and the last frame's settle take them all.
+        return available_cores() if training_done() else idle()
+
+    neighbours = FrameNeighbours(config, device, after_search=lambda: _use_threads(share()))
     scored: set[int] = set()
     following_projection = True
     detected_at = 0
@@ -302,7 +313,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
         steps = ready_steps(run)
         new = [step for step in steps if step not in scored]
         for step in new:  # a frame at a time: its projection and score share one neighbour search
-            neighbours.threads = [_use_threads(idle())]
+            neighbours.threads = [_use_threads(share())]
             clock = _PartClock(neighbours)
             # The projection first: the score's cleanlab may still be importing (the first
             # frame, when it lands as the follower starts) and finishes meanwhile.
@@ -319,7 +330,7 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
             clock.lap("score")
             # The suspicion cards, refreshed now and then while training runs; once it is done
             # the detect stage writes the final ones (beside this process: never overwrite them).
-            if status != "done" and len(scored) - detected_at >= DETECT_EVERY:
+            if len(scored) - detected_at >= DETECT_EVERY and not training_done():
                 if interim_suspicion(run, config.detect, config.score, sorted(scored)):
                     detected_at = len(scored)
                 clock.lap("detect")
