@@ -139,7 +139,6 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
             landed[step] = time.time()
         time.sleep(max(0.0, begin + frames * every - time.time()))
         run.mark_stage("train", "done")
-        training_end = time.time()
         wait_for_follower(follower)
         if busy is not None:
             busy.kill()
@@ -172,7 +171,7 @@ def bench_scale(frames: int, every: float, n: int, d: int, method: str, schedule
         print(f"| {label} | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
     print(f"\nlag (frames landed, not yet analysed, when a snapshot lands): max {max(lag_frames)}, "
           f"median {statistics.median(lag_frames):.0f}; the follower finished "
-          f"{max(done_at.values()) - training_end:.1f} s after the last snapshot")
+          f"{max(done_at.values()) - landed[steps[-1]]:.1f} s after the last snapshot landed")
     if ready:
         print(ready[0].replace("follow: ", "the follower was "))
 
