@@ -33,6 +33,11 @@ How the cores are shared (``start_follower``'s ``share``):
   1.36-1.39 s on one, and the page was complete 1.8 s after the last snapshot instead of 2.8
   (on the Zen 3 EPYC of 2026-12-02 the last frame alone gained nothing: 1.60 and 1.72 s
   against 1.49 s, training's process scoring and detecting beside it).
+  A probe pass that comes while the follower waits for it (every frame so far analysed)
+  takes every core for its duration (:class:`probe_pass_threads`): with PCA frames, where the
+  follower mostly waits, the default run took 0.94x the time of the same run without
+  (median of 5 pairs, AMX Xeon); with t-SNE frames on that machine the follower was busy at
+  34 of 35 passes, so nothing changed there.
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
@@ -175,11 +180,51 @@ def start_follower(run: RunDir, *, device: str = "cpu", share: str | None = None
             start_new_session=True,  # Ctrl-C in the terminal stops training; training stops the follower
             preexec_fn=nice,
         )
+    if share == "split":
+        _SPLIT[str(Path(run.path).resolve())] = (process, training_threads)
     if log is not None:
         threads = f"{follower_threads} thread(s)" if share == "split" else f"the idle cores of {follower_threads}"
         log(f"ftviz: following the run as it trains (pid {process.pid}, {threads})")
     _import_later_stages()
     return process
+
+
+# Followers started here on the "split" share: run folder -> (process, training's threads).
+_SPLIT: dict[str, tuple[subprocess.Popen, int]] = {}
+
+
+class probe_pass_threads:
+    """``with probe_pass_threads(run, steps):`` around a probe pass of training on the CPU.
+
+    On the split share, training has half the cores and the follower the rest. A probe pass
+    comes every ``snapshot_every`` steps; when the follower has already analysed every
+    snapshot in ``steps`` it sits waiting for this one, so the pass takes every core for its
+    duration, then training's share is set back. Otherwise (no follower of this process, on
+    another share, still busy, or ended) nothing changes. Only the pass's speed changes:
+    the training steps keep their threads, so their numbers do not depend on the follower's timing.
+    """
+
+    def __init__(self, run, steps):
+        self.entry = _SPLIT.get(str(Path(run.path).resolve()))
+        self.run, self.steps, self.threads = run, list(steps), None
+
+    def __enter__(self) -> "probe_pass_threads":
+        if self.entry is None or self.entry[0].poll() is not None:
+            return self
+        waiting = not self.steps or (Path(self.run.path) / "analysis" / "score" / f"{snapshot_name(max(self.steps))}").is_file()
+        cores = available_cores()
+        if waiting and cores > self.entry[1]:
+            import torch
+
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(cores)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
 
 # What training's process runs once training ends (score, detect, render): imported while it

@@ -183,8 +183,11 @@ class Recorder:
         start, stop, _ = distributed.shard_bounds(n)
         dtype = resolve_precision(self.precision, device, inference=True)
         if stop > start:
-            embedding, logits = probe_forward(model, self._device_images[start:stop], batch_size=self.batch_size,
-                                              dtype=dtype)
+            from ftviz.follow import probe_pass_threads
+
+            with probe_pass_threads(self.run, self.snapshot_steps):  # the follower's core, while it waits
+                embedding, logits = probe_forward(model, self._device_images[start:stop], batch_size=self.batch_size,
+                                                  dtype=dtype)
         else:  # more ranks than probe rows: this rank only takes part in the gather
             embedding = np.zeros((0, model.embedding_dim), np.float16)
             logits = np.zeros((0, model.num_classes), np.float16)

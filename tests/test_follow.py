@@ -196,3 +196,39 @@ def test_cpu_threads_follow_ftviz_threads_then_omp_num_threads(monkeypatch):
     assert cpu_threads() == 3
     monkeypatch.setenv("FTVIZ_THREADS", "5")
     assert cpu_threads() == 5
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to lend one")
+def test_a_probe_pass_takes_the_followers_core_only_while_it_waits(tmp_path):
+    """Training on the CPU beside a split follower: the probe pass runs on every core when the
+    follower has analysed every snapshot so far, on training's share otherwise."""
+    import subprocess
+
+    import torch
+
+    from ftviz import follow
+    from ftviz.rundir import snapshot_name
+
+    run = RunDir(tmp_path / "run")
+    (run.path / "analysis" / "score").mkdir(parents=True)
+    stand_in = subprocess.Popen(["sleep", "60"])  # the follower's process, alive
+    follow._SPLIT[str(run.path.resolve())] = (stand_in, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def threads_during(steps) -> int:
+            with follow.probe_pass_threads(run, steps):
+                return torch.get_num_threads()
+
+        assert threads_during([0, 10]) == 1  # step 10 not analysed yet: the follower is busy
+        (run.path / "analysis" / "score" / snapshot_name(10)).write_bytes(b"")
+        assert threads_during([0, 10]) == len(os.sched_getaffinity(0))  # it waits: its core is lent
+        assert torch.get_num_threads() == 1  # and given back after the pass
+        stand_in.kill()
+        stand_in.wait()
+        assert threads_during([0, 10]) == 1  # an ended follower lends nothing
+        assert follow.probe_pass_threads(RunDir(tmp_path / "other"), [0]).__enter__().threads is None
+    finally:
+        follow._SPLIT.pop(str(run.path.resolve()), None)
+        stand_in.kill()
+        torch.set_num_threads(before)
