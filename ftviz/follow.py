@@ -37,7 +37,7 @@ How the cores are shared (``start_follower``'s ``share``):
   takes every core for its duration (:class:`probe_pass_threads`): with PCA frames, where the
   follower mostly waits, the default run took 0.94x the time of the same run without
   (median of 5 pairs, AMX Xeon); with t-SNE frames on that machine the follower was busy at
-  34 of 35 passes, so nothing changed there.
+  34 of 35 passes, so nothing changed there (1.00x over 5 pairs with fp32 probe passes too).
 - "idle", training on a GPU: training keeps a core or so busy feeding it, and its data
   workers some more; the follower takes, frame by frame, the cores nobody else used during
   the frame before (:class:`IdleCores`, from ``/proc/stat``).
