@@ -211,7 +211,9 @@ class probe_pass_threads:
     def __enter__(self) -> "probe_pass_threads":
         if self.entry is None or self.entry[0].poll() is not None:
             return self
-        waiting = not self.steps or (Path(self.run.path) / "analysis" / "score" / f"{snapshot_name(max(self.steps))}").is_file()
+        # The follower scores a frame last: its score file for the latest snapshot means it is done.
+        latest = Path(self.run.path) / "analysis" / "score" / snapshot_name(max(self.steps)) if self.steps else None
+        waiting = latest is None or latest.is_file()
         cores = available_cores()
         if waiting and cores > self.entry[1]:
             import torch
