@@ -201,7 +201,9 @@ class probe_pass_threads:
     snapshot in ``steps`` it sits waiting for this one, so the pass takes every core for its
     duration, then training's share is set back. Otherwise (no follower of this process, on
     another share, still busy, or ended) nothing changes. Only the pass's speed changes:
-    the training steps keep their threads, so their numbers do not depend on the follower's timing.
+    the training steps keep their threads, so their numbers do not depend on the follower's
+    timing, and the pass's own outputs were bitwise the same on 1 and 2 threads (the default
+    run's model, all 1,797 digits, fp32 and bf16 autocast, AMX Xeon).
     """
 
     def __init__(self, run, steps):
