@@ -85,7 +85,7 @@ def cosine_knn_distances(
 
     Brute force, like scikit-learn's ``NearestNeighbors(metric="cosine")`` that Cleanlab uses:
     :func:`ftviz.numerics.exact_neighbours`, here on the GPU when there is one and with its bf16
-    candidate search where that is fast (``device``, ``search`` and ``margin`` as there), since
+    candidate search on a GPU (``device``, ``search`` and ``margin`` as there), since
     the outlier score runs at every frame.
 
     Parameters
