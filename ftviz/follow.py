@@ -270,6 +270,7 @@ def wait_for_follower(process: subprocess.Popen | None, *, timeout_s: float | No
     """Wait for the follower to finish the frames left (training is done); True if it did."""
     if process is None:
         return False
+    _forget_split(process)  # training is done: no probe pass is left to lend a core to
     try:
         return process.wait(timeout=timeout_s) == 0
     except subprocess.TimeoutExpired:
@@ -297,8 +298,16 @@ def finish_after_training(run: RunDir, config, follower: subprocess.Popen | None
     continue_run(run, config, progress=progress, log=log)
 
 
+def _forget_split(process: subprocess.Popen) -> None:
+    """Drop ``process`` from the split followers (a notebook may train many runs in one process)."""
+    for key in [key for key, (entry, _) in _SPLIT.items() if entry is process]:
+        del _SPLIT[key]
+
+
 def stop_follower(process: subprocess.Popen | None) -> None:
     """End the follower now (training stopped); its recorded frames stay."""
+    if process is not None:
+        _forget_split(process)
     if process is None or process.poll() is not None:
         return
     process.terminate()

@@ -232,3 +232,15 @@ def test_a_probe_pass_takes_the_followers_core_only_while_it_waits(tmp_path):
         follow._SPLIT.pop(str(run.path.resolve()), None)
         stand_in.kill()
         torch.set_num_threads(before)
+
+
+def test_a_stopped_follower_is_forgotten_by_the_probe_pass(tmp_path):
+    import subprocess
+
+    from ftviz import follow
+
+    stand_in = subprocess.Popen(["sleep", "60"])
+    follow._SPLIT[str((tmp_path / "run").resolve())] = (stand_in, 1)
+    follow.stop_follower(stand_in)
+    assert all(entry is not stand_in for entry, _ in follow._SPLIT.values())
+    assert stand_in.poll() is not None
