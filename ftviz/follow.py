@@ -352,22 +352,27 @@ def follow(path, *, poll_s: float = POLL_S, log=print) -> int:
     threading.Thread(target=import_frame_modules, name="ftviz-follower-imports", daemon=True).start()
     most = int(os.environ.get("OMP_NUM_THREADS") or available_cores())
     idle = IdleCores(most) if os.environ.get("FTVIZ_FOLLOWER_SHARE") == "idle" else (lambda: most)
-    # A frame's share is asked as it starts and again after its neighbour search (a first
-    # frame's search can outlast training's start-up, which held a core).
-    def training_done() -> bool:  # read again at each frame: the frames left may be several
-        return run.stage_status("train") == "done"
+    ended = False  # training is done: once read, it stays so (run.json is not read again for it)
+
+    def training_done() -> bool:  # asked at each frame: the frames left may be several
+        nonlocal ended
+        ended = ended or run.stage_status("train") == "done"
+        return ended
 
     def share() -> int:
         # Once training is done its cores are free (its process only scores and detects, ~0.5 s):
         # the frames left and the last frame's settle take them all.
         return available_cores() if training_done() else idle()
 
+    # A frame's share is asked as it starts and again after its neighbour search (a first
+    # frame's search can outlast training's start-up, which held a core).
     neighbours = FrameNeighbours(config, device, after_search=lambda: _use_threads(share()))
     scored: set[int] = set()
     following_projection = True
     detected_at = 0
     while True:
         status = run.stage_status("train")  # read before the steps: a step listed by then is final
+        ended = ended or status == "done"
         steps = ready_steps(run)
         new = [step for step in steps if step not in scored]
         for step in new:  # a frame at a time: its projection and score share one neighbour search
