@@ -1,8 +1,10 @@
 """End to end: ftviz's default experiment against the article's pipeline, same run, same machine.
 
 Both run as fresh processes (imports counted) on the same workload: digits as 32x32 RGB with
-10% flipped labels, the same ViT, 3 epochs at batch 32, a frame every 5 steps, every image
-embedded at every frame. Prints a markdown table with seconds, disk written and ratios.
+10% flipped labels, the same ViT and training recipe (the experiment's epochs, batch size,
+learning rate and warmup), a frame (the peer: a checkpoint) every ``snapshot_every`` steps, every
+image embedded at every frame. Before 2026-12-05 the peer trained its own defaults (3 epochs at
+batch 32, a checkpoint every 5 steps: the same number of frames, half the training). Prints a markdown table with seconds, disk written and ratios.
 
     python experiments/bench_pipeline.py [--skip-peer]
 """
@@ -41,10 +43,14 @@ def run_ftviz(out: Path, experiment: Path) -> dict:
             "accuracy": manifest["stages"]["train"].get("final_true_accuracy"), **stages}
 
 
-def run_peer(out: Path, model: dict) -> dict:
+def run_peer(out: Path, model: dict, train) -> dict:
+    """The article's pipeline on the same model and training recipe as ftviz's run (``train``:
+    the experiment's [train] section), a checkpoint at each of ftviz's snapshot intervals."""
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "peer_pipeline.py"), str(out),
+         "--epochs", str(train.epochs), "--batch-size", str(train.batch_size), "--lr", str(train.lr),
+         "--warmup-ratio", str(train.warmup_ratio), "--save-steps", str(train.snapshot_every),
          "--patch", str(model.get("patch_size", 4)), "--hidden", str(model.get("hidden_size", 128)),
          "--layers", str(model.get("num_hidden_layers", 4)), "--mlp", str(model.get("intermediate_size", 512)),
          "--heads", str(model.get("num_attention_heads", 4))],
@@ -74,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ftviz-bench-"))
     try:
         ours = run_ftviz(work / "ftviz", Path(args.experiment))
-        peer = None if args.skip_peer else run_peer(work / "peer", model)
+        peer = None if args.skip_peer else run_peer(work / "peer", model, config.train)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

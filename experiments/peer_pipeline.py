@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--save-steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--patch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
@@ -78,7 +79,7 @@ def main() -> None:
         args=TrainingArguments(
             output_dir=args.out, per_device_train_batch_size=args.batch_size,
             num_train_epochs=args.epochs, learning_rate=args.lr,
-            warmup_steps=max(1, int(0.1 * args.epochs * (len(labels) // args.batch_size))),
+            warmup_steps=max(1, int(args.warmup_ratio * args.epochs * (len(labels) // args.batch_size))),
             save_strategy="steps", save_steps=args.save_steps, logging_steps=args.save_steps,
             report_to=[], use_cpu=True, dataloader_drop_last=True, seed=0,
         ),

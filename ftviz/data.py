@@ -407,7 +407,9 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
     ``suggested_label`` (``how="relabel"``; a row whose suggestion is blank is dropped),
     dropped (``how="drop"``), or each as its ``fix`` cell says (``how="auto"``: "drop" or a
     blank suggestion drops it, anything else relabels; a file without the column is
-    relabelled). A file naming ids the
+    relabelled). With ``how`` "drop" or "auto", a training row whose ``fix`` is "drop" is
+    dropped whatever its flag (the export marks so the rows next in line that a retrain is
+    better without, :func:`ftviz.detectors.retrain_drop_count`). A file naming ids the
     split does not have, labels outside 0..C-1, or made for another training split (its
     ``dataset`` column, when present, is the split's fingerprint) is refused in one line.
 
@@ -440,7 +442,10 @@ def apply_label_fixes(path, labels: np.ndarray, *, num_classes: int, fingerprint
             raise FtvizError(f"{where} was exported for another training split (dataset {sorted(made_for)[0]!r}, "
                              f"this one is {fingerprint!r}): export it from a run of this data config")
     train_rows = table[table["split"].astype(str) == "train"]
-    flagged = train_rows[_as_bool(train_rows["is_label_issue"], where)]
+    marked = _as_bool(train_rows["is_label_issue"], where)
+    if how != "relabel" and "fix" in train_rows:  # rows a retrain drops though no reviewer flag is on them
+        marked |= (train_rows["fix"].fillna("").astype(str).str.strip().str.lower() == "drop").to_numpy()
+    flagged = train_rows[marked]
     ids = _as_ints(flagged["id"], "id", where)
     bad = ids[(ids < 0) | (ids >= len(labels))]
     if len(bad):

@@ -250,6 +250,8 @@ def test_quality_prints_the_training_set_and_its_recommended_fix(tiny_run, capsy
     table = pd.read_parquet(tiny_run.file("train_suspicion.parquet"))
     fix = tiny_run.manifest()["stages"]["detect"]["train_fix"]
     assert f"{int(table['is_label_issue'].sum())} of 200 samples flagged; recommended fix: {fix} (" in out
+    extra = int((table["fix"] != "").sum() - table["is_label_issue"].sum())
+    assert (f"with the {extra} next in line" in out) == (fix == "drop" and extra > 0)
 
 
 # ---- export and fix ------------------------------------------------------------------------------
@@ -264,10 +266,19 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     flagged = table[(table["split"] == "train") & table["is_label_issue"]]
     assert len(flagged) > 0
 
-    # The detect stage's recommendation on every flagged training row, blank elsewhere.
+    # The detect stage's recommendation on every flagged training row; once the network has
+    # learnt ("drop"), also on the unflagged rows next in line by suspicion; blank elsewhere.
     recommended = tiny_run.manifest()["stages"]["detect"]["train_fix"]
     assert recommended in ("relabel", "drop") and (flagged["fix"] == recommended).all()
-    assert table.loc[~table.index.isin(flagged.index), "fix"].isna().all()  # blank cells read back as NaN
+    train = table[table["split"] == "train"]
+    marked = train[train["fix"].notna()]  # blank cells read back as NaN
+    assert (marked["fix"] == recommended).all() and set(flagged.index) <= set(marked.index)
+    assert table.loc[table["split"] == "probe", "fix"].isna().all()
+    if recommended == "relabel":
+        assert len(marked) == len(flagged)
+    else:  # the marked rows are the most suspicious ones
+        assert marked["suspicion"].min() >= train.loc[train["fix"].isna(), "suspicion"].max()
+    assert tiny_run.manifest()["stages"]["detect"]["train_fix_rows"] == len(marked)
 
     config = ExperimentConfig.from_dict(tiny_run.manifest()["config"])
     base = load_splits(config.data, seed=config.seed)
@@ -295,13 +306,14 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     config.data.fixes = str(path)
     config.data.fix = "drop"
     dropped = load_splits(config.data, seed=config.seed)
-    assert len(dropped.train) == 200 - len(flagged)
-    assert not set(flagged["id"]) & set(dropped.train_sample_ids.tolist())
+    assert len(dropped.train) == 200 - len(marked)
+    assert not set(marked["id"]) & set(dropped.train_sample_ids.tolist())
     np.testing.assert_array_equal(dropped.train.labels, base.train.labels[dropped.train_sample_ids])
 
     # data.fix = "auto" (the default): each flagged row as its fix cell says.
     by_row = table.copy()
     train_flagged = (by_row["split"] == "train") & by_row["is_label_issue"]
+    by_row.loc[by_row["split"] == "train", "fix"] = ""
     by_row.loc[train_flagged, "fix"] = "relabel"
     by_row.loc[train_flagged & by_row["id"].isin(cleared), "fix"] = "drop"
     by_row.to_csv(tmp_path / "by_row.csv", index=False)
@@ -312,7 +324,20 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     # As exported, "auto" follows the run's recommendation.
     config.data.fixes = str(path)
     as_exported = load_splits(config.data, seed=config.seed)
-    assert len(as_exported.train) == (200 - len(flagged) if recommended == "drop" else 200)
+    assert len(as_exported.train) == (200 - len(marked) if recommended == "drop" else 200)
+
+    # An unflagged row marked "drop" (by the detect stage, or by hand) is dropped by "auto" and
+    # "drop", and left alone by "relabel", which fixes the flagged rows only.
+    unflagged = table[(table["split"] == "train") & ~table["is_label_issue"]]["id"].to_numpy()[:3]
+    by_hand = by_row.copy()
+    by_hand.loc[(by_hand["split"] == "train") & by_hand["id"].isin(unflagged), "fix"] = "Drop "
+    by_hand.to_csv(tmp_path / "by_hand.csv", index=False)
+    config.data.fixes = str(tmp_path / "by_hand.csv")
+    for how, gone in (("auto", 2 + 3), ("drop", len(flagged) + 3), ("relabel", 0)):
+        config.data.fix = how
+        fixed = load_splits(config.data, seed=config.seed)
+        assert fixed.fixes_applied["dropped"] == gone and len(fixed.train) == 200 - gone, how
+        assert bool(set(unflagged) & set(fixed.train_sample_ids.tolist())) == (how == "relabel"), how
 
 
 @pytest.mark.parametrize("change, message", [
@@ -483,13 +508,51 @@ def test_training_issue_count_trusts_the_margin_mode_once_the_network_has_learnt
     margins = rng.normal(4.0, 1.0, (6, 400))
     margins[:, :40] = rng.normal(-3.0, 1.0, (6, 40))
     modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
-    assert modes[1] is False  # learnt: it disagrees with no more labels than the lower mode holds
+    assert modes.weak is False  # learnt: it disagrees with no more labels than the lower mode holds
     assert 36 <= training_issue_count(recommended=10, modes=modes) <= 44
     assert training_issue_count(recommended=60, modes=modes) == 60
     assert training_issue_count(recommended=60, modes=None) == 60
 
 
-def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
+def test_training_issue_count_leaves_out_labels_learnt_late_once_the_network_has_learnt():
+    """A network that has learnt its data early in a run: 40 wrong labels far below zero, 80
+    hard but correct labels learnt late (a margin a little above zero), 280 easy ones. The
+    lower of two modes takes in the late ones too (~120); the lowest of three modes holds the
+    40 wrong labels, which is the count once the network reads as learnt."""
+    from ftviz.detectors import margin_modes, training_issue_count
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 400)
+    margins = rng.normal(6.0, 0.8, 400) + rng.normal(0.0, 0.2, (6, 400))
+    margins[:, 40:120] = rng.normal(0.8, 0.5, 80) + rng.normal(0.0, 0.2, (6, 80))
+    margins[:, :40] = rng.normal(-5.0, 0.5, (6, 40))
+    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    assert modes.weak is False and modes.lower >= 100
+    assert 36 <= modes.lowest <= 44
+    assert 36 <= training_issue_count(recommended=10, modes=modes) <= 44
+    assert training_issue_count(recommended=60, modes=modes) == 60
+
+
+def test_a_retrain_drops_the_lower_of_two_modes_once_the_network_has_learnt():
+    """The same learnt network: the flags are the lowest of three modes (~40), the rows a retrain
+    drops the lower of two (the wrong labels and the ones learnt late, ~120); a weak network's
+    retrain changes the flagged rows only."""
+    from ftviz.detectors import MarginModes, margin_modes, retrain_drop_count
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 400)
+    margins = rng.normal(6.0, 0.8, 400) + rng.normal(0.0, 0.2, (6, 400))
+    margins[:, 40:120] = rng.normal(0.8, 0.5, 80) + rng.normal(0.0, 0.2, (6, 80))
+    margins[:, :40] = rng.normal(-5.0, 0.5, (6, 40))
+    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    assert retrain_drop_count(recommended=10, modes=modes, flagged=modes.lowest) == modes.lower >= 100
+    assert retrain_drop_count(recommended=150, modes=modes, flagged=40) == 150
+    weak = MarginModes(lower=120, weak=True, lowest=40)
+    assert retrain_drop_count(recommended=150, modes=weak, flagged=40) == 40
+    assert retrain_drop_count(recommended=150, modes=None, flagged=40) == 40
+
+
+
     """A weak network: 40 wrong labels far below zero, the correct ones a wide spread around a
     low margin (a sixth of them below zero). Its disagreement (~96) outnumbers the lower margin
     mode (~40), so the smaller of the two counts is taken, never the disagreement."""
@@ -500,6 +563,6 @@ def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
     margins = rng.normal(1.5, 1.5, 400) + rng.normal(0.0, 0.3, (6, 400))
     margins[:, :40] = rng.normal(-4.0, 0.5, (6, 40))
     modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
-    assert modes[1] is True
+    assert modes.weak is True
     assert 36 <= training_issue_count(recommended=10_000, modes=modes) <= 44
     assert training_issue_count(recommended=30, modes=modes) == 30

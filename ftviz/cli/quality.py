@@ -51,8 +51,11 @@ def cmd_quality(args) -> None:
 
         print()
         fix = recommended_fix(run.manifest())
+        extra = int((train["fix"].fillna("").astype(str) != "").sum() - train["is_label_issue"].sum()) \
+            if "fix" in train else 0
         advice = {"relabel": "; recommended fix: relabel (the network is still weak: its suggestions beat dropping)",
-                  "drop": "; recommended fix: drop (the network has learnt its training set)"}.get(fix, "")
+                  "drop": "; recommended fix: drop (the network has learnt its training set)"
+                          + (f", with the {extra} next in line" if extra > 0 else "")}.get(fix, "")
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
               f"samples flagged{advice}")
         if train_detectors.is_file():
@@ -79,10 +82,12 @@ def export_table(run):
     """One row per examined sample, probe then training set (when the run recorded dynamics).
 
     ``dataset`` is the training split's fingerprint (run.json ``train_split``), which
-    ``data.fixes`` checks; "" where the run did not record it. ``fix`` is, on each flagged
-    training row, what ``data.fix = "auto"`` does with it: the detect stage's recommendation
-    for this run ("relabel" while the network is weak, else "drop";
-    :data:`ftviz.detectors.FIX_BY_REGIME`); blank elsewhere. Edit it row by row if you like.
+    ``data.fixes`` checks; "" where the run did not record it. ``fix`` is, on each training
+    row a retrain should change, what ``data.fix = "auto"`` does with it: the detect stage's
+    recommendation ("relabel" while the network is weak, else "drop";
+    :data:`ftviz.detectors.FIX_BY_REGIME`), on the flagged rows and, once the network has
+    learnt, on the unflagged rows next in line that a retrain is better without
+    (:func:`ftviz.detectors.retrain_drop_count`); blank elsewhere. Edit it row by row if you like.
     """
     import numpy as np
     import pandas as pd
@@ -109,14 +114,17 @@ def export_table(run):
     parts = [probe]
     train = read_training_suspicion(run)
     if train is not None:
-        recommended = recommended_fix(manifest) or "relabel"  # an older run's: relabel, as before
         flagged = train["is_label_issue"].to_numpy(bool)
+        if "fix" in train:  # the detect stage's own, row by row
+            fix = train["fix"].fillna("").astype(str).to_numpy()
+        else:  # a run detected before 2026-12-05: its run-wide recommendation on the flagged rows
+            fix = np.where(flagged, recommended_fix(manifest) or "relabel", "")
         parts.append(pd.DataFrame({
             "split": "train", "id": train["id"].to_numpy(np.int64), "given_label": train["given_label"].to_numpy(np.int64),
             "suggested_label": train["suggested_label"].to_numpy(np.int64),
             "suspicion": train["suspicion"].to_numpy(np.float64),
             "is_label_issue": flagged,
-            "fix": np.where(flagged, recommended, ""),
+            "fix": fix,
         }))
     table = pd.concat(parts, ignore_index=True)
     table["dataset"] = fingerprint
