@@ -514,19 +514,25 @@ def test_training_issue_count_trusts_the_margin_mode_once_the_network_has_learnt
     assert training_issue_count(recommended=60, modes=None) == 60
 
 
-def test_training_issue_count_leaves_out_labels_learnt_late_once_the_network_has_learnt():
-    """A network that has learnt its data early in a run: 40 wrong labels far below zero, 80
-    hard but correct labels learnt late (a margin a little above zero), 280 easy ones. The
-    lower of two modes takes in the late ones too (~120); the lowest of three modes holds the
-    40 wrong labels, which is the count once the network reads as learnt."""
-    from ftviz.detectors import margin_modes, training_issue_count
+def _learnt_with_late_labels():
+    """margin_modes of a network that learnt its data early in a run: 40 wrong labels far
+    below zero, 80 hard but correct ones learnt late (a margin a little above zero), 280 easy."""
+    from ftviz.detectors import margin_modes
 
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 3, 400)
     margins = rng.normal(6.0, 0.8, 400) + rng.normal(0.0, 0.2, (6, 400))
     margins[:, 40:120] = rng.normal(0.8, 0.5, 80) + rng.normal(0.0, 0.2, (6, 80))
     margins[:, :40] = rng.normal(-5.0, 0.5, (6, 40))
-    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    return margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+
+
+def test_training_issue_count_leaves_out_labels_learnt_late_once_the_network_has_learnt():
+    """The lower of two modes takes in the labels learnt late too (~120); the lowest of three
+    holds the 40 wrong labels, which is the count once the network reads as learnt."""
+    from ftviz.detectors import training_issue_count
+
+    modes = _learnt_with_late_labels()
     assert modes.weak is False and modes.lower >= 100
     assert 36 <= modes.lowest <= 44
     assert 36 <= training_issue_count(recommended=10, modes=modes) <= 44
@@ -537,14 +543,9 @@ def test_a_retrain_drops_the_lower_of_two_modes_once_the_network_has_learnt():
     """The same learnt network: the flags are the lowest of three modes (~40), the rows a retrain
     drops the lower of two (the wrong labels and the ones learnt late, ~120); a weak network's
     retrain changes the flagged rows only."""
-    from ftviz.detectors import MarginModes, margin_modes, retrain_drop_count
+    from ftviz.detectors import MarginModes, retrain_drop_count
 
-    rng = np.random.default_rng(2)
-    labels = rng.integers(0, 3, 400)
-    margins = rng.normal(6.0, 0.8, 400) + rng.normal(0.0, 0.2, (6, 400))
-    margins[:, 40:120] = rng.normal(0.8, 0.5, 80) + rng.normal(0.0, 0.2, (6, 80))
-    margins[:, :40] = rng.normal(-5.0, 0.5, (6, 40))
-    modes = margin_modes(logits=_passes_with_margins(margins, labels), labels=labels, start=0)
+    modes = _learnt_with_late_labels()
     assert retrain_drop_count(recommended=10, modes=modes, flagged=modes.lowest) == modes.lower >= 100
     assert retrain_drop_count(recommended=150, modes=modes, flagged=40) == 150
     weak = MarginModes(lower=120, weak=True, lowest=40)
@@ -552,7 +553,7 @@ def test_a_retrain_drops_the_lower_of_two_modes_once_the_network_has_learnt():
     assert retrain_drop_count(recommended=150, modes=None, flagged=40) == 40
 
 
-
+def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
     """A weak network: 40 wrong labels far below zero, the correct ones a wide spread around a
     low margin (a sixth of them below zero). Its disagreement (~96) outnumbers the lower margin
     mode (~40), so the smaller of the two counts is taken, never the disagreement."""
