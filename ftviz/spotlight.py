@@ -44,6 +44,8 @@ outlier_rank
 suggested_label        training rows: the class the model settled on (category), and the
 times_seen             times the sample was trained on; empty on probe rows (only in runs
                        with training rows)
+fix                    training rows: what a retrain does with the row, relabel | drop
+                       (category; empty: nothing), as ``ftviz quality --export`` writes it
 frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
 frame_last             as Spotlight embeddings (in an exported file: ``(x, y, 0)``, see
                        :func:`export_table`)
@@ -167,6 +169,7 @@ def build_table(run: RunDir):
 
 
 SPLITS = ("probe", "train")
+FIXES = ("relabel", "drop")  # train_suspicion.parquet's fix values (blank: none)
 
 
 def training_rows(table):
@@ -215,6 +218,9 @@ def _training_columns(run: RunDir, training, category, *, noise: bool, width: in
                                                                categories=category([]).categories)
     if "times_seen" in training:
         columns["times_seen"] = training["times_seen"].to_numpy(np.int64)
+    if "fix" in training:  # what a retrain does with the row (the export's fix column); blank: nothing
+        fixes = training["fix"].fillna("").astype(str).to_numpy()
+        columns["fix"] = pd.Categorical(np.where(fixes == "", None, fixes), categories=FIXES)
     # The features training recorded at each sample's last pass (the vector the head read, as
     # the probe's embedding is): in the embedding column, Spotlight's similarity map places the
     # training rows among the probe's. Empty where a sample has none or the widths differ.
