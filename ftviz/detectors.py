@@ -594,10 +594,11 @@ def training_issue_count(*, recommended: int, modes: MarginModes | None) -> int:
     smaller of it and the lower of two modes is taken. A network that has learnt its data may
     memorise wrong labels, which hides them from the first count, so the larger of it and the
     lowest of three modes is taken: the three modes keep apart the labels learnt late (hard but
-    correct) that the lower of two modes takes in. Measured on 25 digits runs read as learnt
+    correct) that the lower of two modes takes in. Measured on 21 digits runs read as learnt
     (10% and 20% symmetric noise, 6, 20 and 40 epochs, seeds 0-4, two recipes; 2026-12-05): F1 at
-    6 epochs 0.68-0.79 -> 0.84-0.94 (the lower of two modes flagged 240-422 for 144-180 flips),
-    at 20 and 40 epochs 0.82-0.96 -> 0.93-0.96, at the price of 0-9 flips fewer flagged.
+    6 epochs 0.60-0.79 -> 0.84-0.94 (the lower of two modes flagged 240-422 for 144-180 flips),
+    at 20 and 40 epochs 0.70-0.96 -> 0.93-0.96, at the price of up to 16 flips fewer flagged
+    (median 5 of 144-359), which is why a retrain drops more (:func:`retrain_drop_count`).
 
     ``modes``: :func:`margin_modes`, None: the first count alone.
     """
