@@ -7,7 +7,8 @@ experiment's model for the same epochs; test accuracy is against the TRUE test l
   (a) noisy      the noisy training labels (1 training; ftviz's find run: its detect stage reads
                  the training dynamics and `ftviz quality --export` writes the fixes)
   (b) oracle     the true training labels (1 training)
-  (c) ftviz      retrained on the noisy labels with ftviz's fixes: drop, relabel (1 more each)
+  (c) ftviz      retrained on the noisy labels with ftviz's fixes: drop, relabel, auto (the
+                 export's row-by-row recommendation) (1 more each)
   (d) peer       CleanLearning as Cleanlab does it: K = 5 cross-validated pred_probs (5 trainings,
                  each probing its held-out fold), find_label_issues, prune, retrain (6 in all)
 
@@ -25,7 +26,8 @@ One training per arm on 360 test images (one image = 0.003) leaves each accuracy
 as large as the differences between arms; ``--train-seeds N`` trains each arm N times
 (``train.seed`` 0..N-1: other initial weights and batch orders, the same split and flips; the
 peer's whole procedure N times; detection reads the first training of each) and reports the
-mean and range. ``--fixes drop`` leaves out the relabel arm. ``--ceiling`` adds (e): the true
+mean and range. ``--fixes drop`` leaves out the relabel arm; ``--fixes drop,relabel,auto`` adds
+the row-by-row one. ``--ceiling`` adds (e): the true
 labels with the flagged rows dropped, and with as many random rows dropped, which split the
 drop arm's remaining gap into the flips its flags missed and the rows it dropped.
 """
@@ -284,7 +286,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-seeds", type=int, default=1, help="train (a)-(c) this many times each (train.seed 0..N-1)")
     parser.add_argument("--skip-peer", action="store_true", help="leave out CleanLearning's 6 trainings")
-    parser.add_argument("--fixes", default="drop,relabel", help="the ftviz arms: drop, relabel or both")
+    parser.add_argument("--fixes", default="drop,relabel", help="the ftviz arms, comma-separated: drop, relabel, auto")
     parser.add_argument("--ceiling", action="store_true",
                         help="add the true labels with the flagged rows dropped, and with as many random rows dropped")
     args = parser.parse_args()

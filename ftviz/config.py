@@ -147,8 +147,9 @@ class DataConfig(Section):
     # Label fixes from `ftviz quality RUN --export FILE.csv` (possibly edited): the training
     # rows with is_label_issue true are relabelled to suggested_label, or dropped.
     fixes: str = ""  # "" = none, else the CSV's path
-    # auto: each flagged row as its `fix` cell says (the find run's recommendation: relabel while
-    # its network was weak, else drop); relabel | drop: every flagged row so
+    # auto: each training row as its `fix` cell says (the find run's recommendation: while its
+    # network was weak, relabel where it was confident of the suggestion and drop the rest; once
+    # it had learnt, drop); relabel | drop: every flagged row so
     fix: str = "auto"
 
     constraints: ClassVar[dict[str, Any]] = {

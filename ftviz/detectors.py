@@ -510,11 +510,12 @@ def detector_table(
 
 
 # ---- the training set, from the training dynamics --------------------------------------------
-def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0,
-                     shares: np.ndarray | None = None) -> np.ndarray:
-    """The label to give each sample: the argmax of the mean softmax over ``logits[start:]``
-    (averaged with the kNN label ``shares`` when given); for a flagged sample whose argmax is
-    still its given label (a memorised label), the most probable other class.
+def suggestions(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0,
+                shares: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The label to give each sample, and the probability the network gives it: the argmax of
+    the mean softmax over ``logits[start:]`` (averaged with the kNN label ``shares`` when given);
+    for a flagged sample whose argmax is still its given label (a memorised label), the most
+    probable other class (then its probability is under one half).
 
     The kNN vote corrects the undertrained network's suggestions: on digits training sets at
     6 epochs the flagged flips' suggestions were right 0.76-0.86 of the time from the network
@@ -526,7 +527,7 @@ def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarra
     logits : (T, N, C) history; labels : (N,) given labels; flags : (N,) bool;
     shares : (N, C) the neighbours' label shares (:func:`ftviz.numerics.knn_label_shares`) or None.
 
-    Returns (N,) int64.
+    Returns (suggested (N,) int64, probability (N,) float64 of the suggested class).
     """
     logits, labels = _check(logits, labels)
     probs = softmax(logits[min(int(start), len(logits) - 1):]).mean(axis=0)
@@ -537,7 +538,13 @@ def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarra
     others = probs.copy()
     others[np.arange(len(labels)), labels] = -np.inf
     suggested[memorised] = others[memorised].argmax(axis=1)
-    return suggested.astype(np.int64)
+    return suggested.astype(np.int64), probs[np.arange(len(labels)), suggested]
+
+
+def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0,
+                     shares: np.ndarray | None = None) -> np.ndarray:
+    """(N,) int64: the labels of :func:`suggestions`."""
+    return suggestions(logits=logits, labels=labels, flags=flags, start=start, shares=shares)[0]
 
 
 class MarginModes(NamedTuple):
@@ -626,16 +633,45 @@ def retrain_drop_count(*, recommended: int, modes: MarginModes | None, flagged: 
 
 
 # The fix the detect stage recommends for the flagged training labels, by the network's regime
-# (:func:`margin_modes`). Digits, 20% symmetric flips, retraining on the fixed labels, each arm
-# the mean of 3 trainings, share of the noisy-to-oracle gap closed on seeds 0-3 (2026-12-02):
-# at 6 epochs (weak) relabel 0.42 / 0.36 / 0.54 / 0.11 against drop 0.18 / 0.26 / 0.32 / -0.02;
-# at 20 epochs (learnt) drop 0.60 / 0.79 / 0.45 / 0.69 against relabel -0.13 / 0.54 / 0.26 / 0.35.
-# A weak network's suggestions (with the neighbours' vote) are mostly right and its flags hold
-# many hard but correct samples that dropping would lose; a learnt network flags few clean
-# samples, and its wrong suggestions would teach new wrong labels. With the gentler default
-# recipe of 2026-12-05 (batch 16, lr 7e-4) the 6-epoch network is stronger and the two fixes
-# are even there: relabel 0.38 / 0.26 / 0.21 / 0.47 against drop 0.28 / 0.27 / 0.48 / 0.40.
-FIX_BY_REGIME = {True: "relabel", False: "drop"}
+# (:func:`margin_modes`): "mixed" while it is weak (:func:`retrain_fixes`), "drop" once it has
+# learnt its data. Digits, 20% symmetric flips, retraining on the fixed labels, each arm the mean
+# of 3 trainings, share of the noisy-to-oracle gap closed on seeds 0-3, the default recipe
+# (2026-12-06): at 6 epochs (weak) mixed 0.35 / 0.31 / 0.39 / 0.63 (mean 0.42) against relabel
+# 0.38 / 0.26 / 0.21 / 0.47 (0.33) and drop 0.28 / 0.27 / 0.48 / 0.40 (0.36); at 20 epochs
+# (learnt) drop 0.68 / 0.82 / 0.83 / 0.80 (0.78) against mixed 0.76 / 0.74 / 0.63 / 0.88 (0.75).
+# A weak network's confident suggestions are mostly right, its unsure ones as often wrong as
+# right; a learnt network's suggestions are right for 95-97% of the flagged flips, but every
+# clean label it flags would be relabelled wrong, and relabelling the confident ones only
+# gained nothing there.
+FIX_BY_REGIME = {True: "mixed", False: "drop"}
+
+# A weak network's suggestion is taken (the row relabelled) from this probability on: half of
+# the mean softmax (with the neighbours' vote), so the suggested class beats all others together.
+# Digits, 6 epochs, 20% flips, four runs: 164-195 of 326-362 flagged rows relabelled, 24-26 of
+# them wrongly, against 103-107 wrong when every flagged row is relabelled.
+RELABEL_PROBABILITY = 0.5
+
+
+def retrain_fixes(*, flagged: np.ndarray, dropped: np.ndarray, probability: np.ndarray, weak: bool) -> np.ndarray:
+    """What a retrain does with each training row (:data:`FIX_BY_REGIME`), object (N,): "" (keep),
+    "relabel" (to its suggested label) or "drop".
+
+    While the network is weak (``weak``): a flagged row is relabelled where the network gives its
+    suggestion ``probability`` >= :data:`RELABEL_PROBABILITY`, dropped otherwise. Once it has
+    learnt: every row of ``dropped`` (the flagged ones and those next in line,
+    :func:`retrain_drop_count`) is dropped.
+
+    Parameters
+    ----------
+    flagged, dropped : (N,) bool; probability : (N,) the suggestion's probability (:func:`suggestions`).
+    """
+    fix = np.full(len(flagged), "", dtype=object)
+    if weak:
+        fix[flagged] = "drop"
+        fix[flagged & (np.asarray(probability) >= RELABEL_PROBABILITY)] = "relabel"
+    else:
+        fix[np.asarray(dropped, dtype=bool) | flagged] = "drop"
+    return fix
 
 
 def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: np.ndarray,
@@ -662,11 +698,11 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     Returns
     -------
     columns : {name: (N,) array} as :func:`detect`, ``issue_step`` the sample's own step (-1:
-        none), plus ``suggested_label`` and ``fix`` (object: what a retrain does with the row,
-        "relabel", "drop" or "": the flagged rows, and once the network has learnt, the rows
-        :func:`retrain_drop_count` adds); flags : {detector: (N,) bool or None}; frame_quality,
-        frame_flags : (K, N) Cleanlab at every slot; fix : the fix to recommend for the flagged
-        labels, "relabel" while the network is weak, else "drop" (:data:`FIX_BY_REGIME`).
+        none), plus ``suggested_label``, ``suggested_probability`` (:func:`suggestions`) and
+        ``fix`` (object: what a retrain does with the row, "relabel", "drop" or "",
+        :func:`retrain_fixes`); flags : {detector: (N,) bool or None}; frame_quality,
+        frame_flags : (K, N) Cleanlab at every slot; fix : the fix recommended for the flagged
+        labels, "mixed" while the network is weak, else "drop" (:data:`FIX_BY_REGIME`).
     """
     history, labels = _check(history, labels)
     slots = len(history)
@@ -709,15 +745,14 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     columns["issue_step"] = issue_step
     shares = None if vote is None else knn_label_shares(
         embedding=None, labels=labels, num_classes=history.shape[2], k=k, neighbours=vote)
-    columns["suggested_label"] = suggested_labels(logits=history, labels=labels, flags=columns["is_label_issue"],
-                                                  start=start, shares=shares)
-    fix = FIX_BY_REGIME[modes.weak] if modes is not None else "relabel"
-    retrain = is_issue
-    if fix == "drop":  # a retrain is better without the labels next in line too (retrain_drop_count)
-        retrain = is_issue | top_count(columns["suspicion"], retrain_drop_count(
-            recommended=int(recommended.sum()), modes=modes, flagged=int(is_issue.sum())))
-    columns["fix"] = np.where(retrain, fix, "").astype(object)
-    return columns, flags, quality, frame_flags, fix
+    columns["suggested_label"], columns["suggested_probability"] = suggestions(
+        logits=history, labels=labels, flags=columns["is_label_issue"], start=start, shares=shares)
+    weak = modes is None or modes.weak  # too few margins to read a regime: as a weak network
+    dropped = is_issue if weak else top_count(columns["suspicion"], retrain_drop_count(
+        recommended=int(recommended.sum()), modes=modes, flagged=int(is_issue.sum())))
+    columns["fix"] = retrain_fixes(flagged=is_issue, dropped=dropped, probability=columns["suggested_probability"],
+                                   weak=weak)
+    return columns, flags, quality, frame_flags, FIX_BY_REGIME[weak]
 
 
 def detect_training_run(run, section: DetectConfig) -> dict:

@@ -28,8 +28,9 @@ Layout (``FORMAT_VERSION`` 1)::
                             head read, unless train.dynamics_features = false), in training
                             order (ftviz/dynamics.py)
       train_suspicion.parquet      the detectors on the training set, from the dynamics:
-                            suspicion.parquet's columns plus suggested_label, times_seen,
-                            fix (what a retrain does with the row: relabel | drop | "")
+                            suspicion.parquet's columns plus suggested_label,
+                            suggested_probability, times_seen, fix (what a retrain does
+                            with the row: relabel | drop | "")
       train_detectors.parquet      as detectors.parquet, for the training set (step = pass index)
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a file

@@ -41,9 +41,10 @@ datamap_variability    score (1 = most atypical)
 datamap_correctness
 forgetting_events
 outlier_rank
-suggested_label        training rows: the class the model settled on (category), and the
-times_seen             times the sample was trained on; empty on probe rows (only in runs
-                       with training rows)
+suggested_label        training rows: the class the model settled on (category), the
+suggested_probability  probability the network gives it (mean over its learnt passes, with
+times_seen             the neighbours' vote while it is weak), and the times the sample was
+                       trained on; empty on probe rows (only in runs with training rows)
 fix                    training rows: what a retrain does with the row, relabel | drop
                        (category; empty: nothing), as ``ftviz quality --export`` writes it
 frame_first            aligned 2-D coordinates (``frames.npy``) of the first / last frame,
@@ -216,6 +217,8 @@ def _training_columns(run: RunDir, training, category, *, noise: bool, width: in
         suggested = training["suggested_label"].to_numpy(np.int64)  # -1: never trained on
         columns["suggested_label"] = pd.Categorical.from_codes(np.where(suggested >= 0, suggested, -1),
                                                                categories=category([]).categories)
+    if "suggested_probability" in training:  # runs detected since 2026-12-06
+        columns["suggested_probability"] = training["suggested_probability"].to_numpy(np.float64)
     if "times_seen" in training:
         columns["times_seen"] = training["times_seen"].to_numpy(np.int64)
     if "fix" in training:  # what a retrain does with the row (the export's fix column); blank: nothing

@@ -217,7 +217,11 @@ def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
     noisy[flipped] = True
     alone, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps)
     voted, flags, *_, fix = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
-    assert fix == "relabel"  # a weak network: its (voted) suggestions are worth more than dropping
+    assert fix == "mixed"  # a weak network: its confident suggestions are taken, the rest dropped
+    flagged = voted["is_label_issue"]
+    confident = voted["suggested_probability"] >= 0.5
+    assert (voted["fix"][flagged & confident] == "relabel").all() and (voted["fix"][flagged & ~confident] == "drop").all()
+    assert (voted["fix"][~flagged] == "").all() and (flagged & confident).any()
     assert auroc_against_noise(voted["suspicion"], noisy) > auroc_against_noise(alone["suspicion"], noisy) + 0.05
     assert voted["outlier_rank"][odd] == 1 and np.isfinite(voted["outlier_score"]).all()
     # The vote suggests the flips' true labels where the network alone cannot tell.
@@ -249,7 +253,13 @@ def test_quality_prints_the_training_set_and_its_recommended_fix(tiny_run, capsy
     out = capsys.readouterr().out
     table = pd.read_parquet(tiny_run.file("train_suspicion.parquet"))
     fix = tiny_run.manifest()["stages"]["detect"]["train_fix"]
-    assert f"{int(table['is_label_issue'].sum())} of 200 samples flagged; recommended fix: {fix} (" in out
+    flagged = f"{int(table['is_label_issue'].sum())} of 200 samples flagged; recommended fix: "
+    if fix == "mixed":
+        relabel, drop = int((table["fix"] == "relabel").sum()), int((table["fix"] == "drop").sum())
+        assert f"{flagged}relabel {relabel} (the network gives the suggested label at least 0.5), drop {drop} (" in out
+        assert relabel + drop == int(table["is_label_issue"].sum())
+    else:
+        assert f"{flagged}{fix} (" in out
     extra = int((table["fix"] != "").sum() - table["is_label_issue"].sum())
     assert (f"with the {extra} next in line" in out) == (fix == "drop" and extra > 0)
 
@@ -266,17 +276,21 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     flagged = table[(table["split"] == "train") & table["is_label_issue"]]
     assert len(flagged) > 0
 
-    # The detect stage's recommendation on every flagged training row; once the network has
-    # learnt ("drop"), also on the unflagged rows next in line by suspicion; blank elsewhere.
+    # The detect stage's recommendation on every flagged training row: while the network is weak
+    # ("mixed") relabel where it is confident of the suggestion, else drop; once it has learnt
+    # ("drop"), drop, also the unflagged rows next in line by suspicion; blank elsewhere.
     recommended = tiny_run.manifest()["stages"]["detect"]["train_fix"]
-    assert recommended in ("relabel", "drop") and (flagged["fix"] == recommended).all()
+    assert recommended in ("mixed", "drop")
     train = table[table["split"] == "train"]
     marked = train[train["fix"].notna()]  # blank cells read back as NaN
-    assert (marked["fix"] == recommended).all() and set(flagged.index) <= set(marked.index)
+    assert set(flagged.index) <= set(marked.index)
     assert table.loc[table["split"] == "probe", "fix"].isna().all()
-    if recommended == "relabel":
-        assert len(marked) == len(flagged)
+    if recommended == "mixed":
+        assert len(marked) == len(flagged) and set(marked["fix"]) <= {"relabel", "drop"}
+        probability = pd.read_parquet(tiny_run.file("train_suspicion.parquet")).set_index("id")["suggested_probability"]
+        np.testing.assert_array_equal(marked["fix"] == "relabel", probability[marked["id"]].to_numpy() >= 0.5)
     else:  # the marked rows are the most suspicious ones
+        assert (marked["fix"] == "drop").all()
         assert marked["suspicion"].min() >= train.loc[train["fix"].isna(), "suspicion"].max()
     assert tiny_run.manifest()["stages"]["detect"]["train_fix_rows"] == len(marked)
 
@@ -321,10 +335,10 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     auto = load_splits(config.data, seed=config.seed)
     assert auto.fixes_applied["dropped"] == 2 and not set(cleared) & set(auto.train_sample_ids.tolist())
     np.testing.assert_array_equal(auto.train.labels, expected[auto.train_sample_ids])
-    # As exported, "auto" follows the run's recommendation.
+    # As exported, "auto" follows the run's recommendation, row by row.
     config.data.fixes = str(path)
     as_exported = load_splits(config.data, seed=config.seed)
-    assert len(as_exported.train) == (200 - len(marked) if recommended == "drop" else 200)
+    assert len(as_exported.train) == 200 - int((marked["fix"] == "drop").sum())
 
     # An unflagged row marked "drop" (by the detect stage, or by hand) is dropped by "auto" and
     # "drop", and left alone by "relabel", which fixes the flagged rows only.
@@ -567,3 +581,17 @@ def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
     assert modes.weak is True
     assert 36 <= training_issue_count(recommended=10_000, modes=modes) <= 44
     assert training_issue_count(recommended=30, modes=modes) == 30
+
+
+def test_retrain_fixes_take_a_weak_networks_confident_suggestions_and_drop_the_rest():
+    """Weak: of the flagged rows, relabel those whose suggestion has probability >= 0.5 and drop
+    the others; learnt: drop the flagged rows and the rows next in line; nothing else is touched."""
+    from ftviz.detectors import retrain_fixes
+
+    flagged = np.array([True, True, True, False, False])
+    dropped = np.array([True, True, True, True, False])  # the flagged ones and one next in line
+    probability = np.array([0.9, 0.5, 0.3, 0.99, 0.2])
+    assert retrain_fixes(flagged=flagged, dropped=dropped, probability=probability, weak=True).tolist() == \
+        ["relabel", "relabel", "drop", "", ""]
+    assert retrain_fixes(flagged=flagged, dropped=dropped, probability=probability, weak=False).tolist() == \
+        ["drop", "drop", "drop", "drop", ""]

@@ -38,7 +38,7 @@ EXPECTED_COLUMNS = [
     "suspicion", "suspicion_rank", "is_label_issue", "issue_step", "aum", "label_quality_ensemble",
     "label_quality_knn", "datamap_confidence", "datamap_variability", "datamap_correctness", "forgetting_events", "outlier_rank",
     # the training rows' own (train_suspicion.parquet)
-    "suggested_label", "times_seen", "fix",
+    "suggested_label", "suggested_probability", "times_seen", "fix",
     "frame_first", "frame_last", "embedding_last",
 ]
 DETECT_COLUMNS = EXPECTED_COLUMNS[EXPECTED_COLUMNS.index("suspicion") : EXPECTED_COLUMNS.index("frame_first")]
@@ -224,6 +224,7 @@ def test_training_rows_are_train_suspicion_with_labels_and_images(run, table, tr
     assert train_rows["true_label"].tolist() == [names[c] for c in samples["true_label"]]
     np.testing.assert_array_equal(train_rows["is_noisy"].astype(bool), samples["is_noisy"])
     assert train_rows["suggested_label"].tolist() == [names[c] if c >= 0 else np.nan for c in suspicion["suggested_label"]]
+    np.testing.assert_array_equal(train_rows["suggested_probability"].astype(float), suspicion["suggested_probability"])
     # What a retrain does with each row, as the export's fix column (blank: missing).
     assert train_rows["fix"].tolist() == [value or np.nan for value in suspicion["fix"]]
     assert train_rows["fix"].notna().sum() >= train_rows["is_label_issue"].astype(bool).sum() > 0
@@ -252,6 +253,7 @@ def test_training_rows_are_train_suspicion_with_labels_and_images(run, table, tr
     assert len(train_rows["embedding_last"][np.flatnonzero(seen)[0]]) == len(table["embedding_last"][0])
     # ... and the training set's own columns are missing on the probe's.
     assert table["suggested_label"].isna().all() and table["times_seen"].isna().all() and table["fix"].isna().all()
+    assert table["suggested_probability"].isna().all()
 
 
 def test_a_big_training_set_keeps_its_most_suspicious_rows(run, monkeypatch):
@@ -309,7 +311,7 @@ def test_shipped_layout_refers_only_to_table_columns_and_has_the_widgets(full_ta
     assert sorted(set(widgets)) == ["histogram", "inspector", "similaritymap", "table"]
     assert widgets.count("similaritymap") == 2
     assert {"frame_first", "frame_last", "outlier_score_last", "image", "suspicion", "suspicion_rank", "split",
-            "suggested_label", "fix"} <= layout_columns(raw)
+            "suggested_label", "suggested_probability", "fix"} <= layout_columns(raw)
 
 
 # ---- export --------------------------------------------------------------------------------
@@ -351,7 +353,7 @@ def test_export_writes_a_parquet_file_spotlight_reads_by_itself(run, tmp_path, c
     assert store.dtypes["embedding_last"].length == run.load_snapshot(steps[-1])[0].shape[1]
     assert kinds["first_issue_step"] == "int" and kinds["label_issue_last"] == "bool"
     assert kinds["issue_step"] == kinds["suspicion_rank"] == "int" and kinds["is_label_issue"] == "bool"
-    assert kinds["suspicion"] == kinds["aum"] == "float"
+    assert kinds["suspicion"] == kinds["aum"] == kinds["suggested_probability"] == "float"
     assert kinds["split"] == kinds["suggested_label"] == kinds["fix"] == "Category" and kinds["times_seen"] == "int"
     # Values too: a training row's image, its missing probe-only cells.
     converted = {name: store.get_converted_values(name, [0, PROBE_SIZE]) for name in

@@ -26,7 +26,7 @@ def register(add) -> None:
 
 
 def cmd_quality(args) -> None:
-    from ftviz.detectors import load_detectors, load_suspicion
+    from ftviz.detectors import RELABEL_PROBABILITY, load_detectors, load_suspicion
     from ftviz.errors import FtvizError
     from ftviz.render.data import read_training_suspicion
     from ftviz.rundir import RunDir
@@ -53,9 +53,15 @@ def cmd_quality(args) -> None:
         fix = recommended_fix(run.manifest())
         extra = int((train["fix"].fillna("").astype(str) != "").sum() - train["is_label_issue"].sum()) \
             if "fix" in train else 0
-        advice = {"relabel": "; recommended fix: relabel (the network is still weak: its suggestions beat dropping)",
-                  "drop": "; recommended fix: drop (the network has learnt its training set)"
-                          + (f", with the {extra} next in line" if extra > 0 else "")}.get(fix, "")
+        if fix == "mixed":  # per row: the confident suggestions taken, the rest dropped
+            fixes = train["fix"].fillna("").astype(str)
+            relabel, drop = int((fixes == "relabel").sum()), int((fixes == "drop").sum())
+            advice = (f"; recommended fix: relabel {relabel} (the network gives the suggested label at least "
+                      f"{RELABEL_PROBABILITY:g}), drop {drop} (the network is still weak and unsure of them)")
+        else:
+            advice = {"relabel": "; recommended fix: relabel (the network is still weak: its suggestions beat dropping)",
+                      "drop": "; recommended fix: drop (the network has learnt its training set)"
+                              + (f", with the {extra} next in line" if extra > 0 else "")}.get(fix, "")
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
               f"samples flagged{advice}")
         if train_detectors.is_file():
@@ -70,7 +76,8 @@ def cmd_quality(args) -> None:
 
 
 def recommended_fix(manifest: dict) -> str | None:
-    """The detect stage's fix for the flagged training labels ("relabel" | "drop"), None when
+    """The detect stage's fix for the flagged training labels ("mixed" | "drop"; "relabel" in
+    runs detected before 2026-12-06), None when
     it recorded none (a run from before the recommendation, or without training dynamics)."""
     return manifest.get("stages", {}).get("detect", {}).get("train_fix")
 
@@ -84,10 +91,11 @@ def export_table(run):
     ``dataset`` is the training split's fingerprint (run.json ``train_split``), which
     ``data.fixes`` checks; "" where the run did not record it. ``fix`` is, on each training
     row a retrain should change, what ``data.fix = "auto"`` does with it: the detect stage's
-    recommendation ("relabel" while the network is weak, else "drop";
-    :data:`ftviz.detectors.FIX_BY_REGIME`), on the flagged rows and, once the network has
-    learnt, on the unflagged rows next in line that a retrain is better without
-    (:func:`ftviz.detectors.retrain_drop_count`); blank elsewhere. Edit it row by row if you like.
+    recommendation (:func:`ftviz.detectors.retrain_fixes`): while the network is weak, "relabel"
+    on the flagged rows whose suggestion it is confident of and "drop" on the others; once it has
+    learnt, "drop" on the flagged rows and on the unflagged rows next in line that a retrain is
+    better without (:func:`ftviz.detectors.retrain_drop_count`); blank elsewhere. Edit it row by
+    row if you like.
     """
     import numpy as np
     import pandas as pd
