@@ -636,7 +636,7 @@ def retrain_drop_count(*, recommended: int, modes: MarginModes | None, flagged: 
 # (:func:`margin_modes`): "mixed" while it is weak (:func:`retrain_fixes`), "drop" once it has
 # learnt its data. Digits, 20% symmetric flips, retraining on the fixed labels, each arm the mean
 # of 3 trainings, share of the noisy-to-oracle gap closed on seeds 0-3, the default recipe
-# (2026-12-06): at 6 epochs (weak) mixed 0.35 / 0.31 / 0.39 / 0.63 (mean 0.42) against relabel
+# (2026-12-06): at 6 epochs (weak) mixed 0.35 / 0.31 / 0.40 / 0.63 (mean 0.42) against relabel
 # 0.38 / 0.26 / 0.21 / 0.47 (0.33) and drop 0.28 / 0.27 / 0.48 / 0.40 (0.36); at 20 epochs
 # (learnt) drop 0.68 / 0.82 / 0.83 / 0.80 (0.78) against mixed 0.76 / 0.74 / 0.63 / 0.88 (0.75).
 # A weak network's confident suggestions are mostly right, its unsure ones as often wrong as
