@@ -369,6 +369,9 @@ def test_training_panel_shows_the_training_sets_most_suspicious_labels(page, tin
         assert card.locator(".score").inner_text() == f"{row.suspicion:.3f}"
         assert ("issue" in card.get_attribute("class").split()) == bool(row.is_label_issue)
         assert (card.locator(".badge.issue").count() == 1) == bool(row.is_label_issue)
+        # What a retrain does with the sample, as the export's fix column says.
+        fix = card.locator(".badge.fix")
+        assert fix.count() == (1 if row.fix else 0) and (not row.fix or fix.inner_text() == row.fix)
     # The panel is static: another frame lists the same samples.
     page.evaluate("window.ftviz.goTo(1, 0)")
     settle(page, 1)

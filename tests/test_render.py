@@ -606,6 +606,8 @@ def test_training_panel_lists_the_most_suspicious_training_samples(run_copy):
     assert [card["true"] for card in training["top"]] == samples.loc[expected["id"], "true_label"].tolist()
     assert [card["noisy"] for card in training["top"]] == samples.loc[expected["id"], "is_noisy"].tolist()
     assert [card["suggested"] for card in training["top"]] == expected["suggested_label"].tolist()
+    assert [card["fix"] for card in training["top"]] == expected["fix"].fillna("").tolist()
+    assert any(card["fix"] for card in training["top"])  # the flagged cards say what a retrain does
     assert training["count"] == len(samples)
     assert training["flagged"] == int(train_suspicion_by_rank(run_copy)["is_label_issue"].sum())
     assert any(card["flagged"] for card in training["top"])  # the tiny run flags its flipped labels

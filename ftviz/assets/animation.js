@@ -593,6 +593,8 @@
         element("div", "score", fmt(entry.suspicion, 3)));
       if (entry.flagged) side.appendChild(element("span", "badge issue", "issue"));
       if (entry.noisy) side.appendChild(element("span", "badge noise", "noise"));
+      // What a retrain does with it (the export's fix column): relabel to the suggestion, or drop.
+      if (entry.fix) side.appendChild(element("span", "badge fix", entry.fix));
       // Names as text nodes (classNamesText): a class named like markup shows as typed.
       const labels = element("div", "outlier-labels");
       labels.append(element("div", "sample-id", "id " + entry.id), element("div", "given", "given " + className(entry.given)),
@@ -600,7 +602,8 @@
       card.append(canvas, side, labels);
       card.title = "training sample #" + entry.id + ": given " + className(entry.given) + " · suggested " +
         className(entry.suggested) + (entry.noisy && entry.true >= 0 ? " (true label " + className(entry.true) + ")" : "") +
-        (entry.issueStep !== null ? " · flagged from step " + entry.issueStep : "");
+        (entry.issueStep !== null ? " · flagged from step " + entry.issueStep : "") +
+        (entry.fix === "relabel" ? " · a retrain relabels it" : entry.fix === "drop" ? " · a retrain drops it" : "");
       container.appendChild(card);
     }
     drawTraining();

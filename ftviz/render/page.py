@@ -220,7 +220,7 @@ def training_meta(data: AnimationData) -> dict | None:
     sprite sheet info (set by :func:`training_sheet`; None without images), "top": one dict
     per card, most suspicious first: id, rank, suspicion, flagged, given, suggested (class
     labels; -1 where unknown), true (-1 where unknown), noisy (None where unknown),
-    issueStep (None if never)}. Labels travel as numbers: the page shows the class names as
+    issueStep (None if never), fix ("relabel", "drop" or "": what a retrain does with it)}. Labels travel as numbers: the page shows the class names as
     text (``classNamesText``).
     """
     training = data.training
@@ -238,8 +238,15 @@ def training_meta(data: AnimationData) -> dict | None:
             "true": _label(record.get("true_label")),
             "noisy": None if noisy is None or _label(noisy) < 0 else bool(noisy),
             "issueStep": None if _label(step) < 0 else int(step),
+            "fix": _fix(record.get("fix")),
         })
     return {"count": int(training.count), "flagged": int(training.flagged), "thumbnails": None, "top": top}
+
+
+def _fix(value) -> str:
+    """A ``fix`` cell of train_suspicion.parquet as the page shows it: "relabel", "drop" or ""
+    (blank, missing in runs detected before the column, or anything else)."""
+    return value if value in ("relabel", "drop") else ""
 
 
 def training_sheet(data: AnimationData, options: dict) -> tuple[dict | None, str]:
