@@ -273,6 +273,13 @@ def test_export_then_fix_relabels_or_drops_the_flagged_training_samples(tiny_run
     table = pd.read_csv(path)
     assert rows == len(table) == 400 and set(table["split"]) == {"probe", "train"}
     assert list(table.columns[:6]) == ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue"]
+    # The network's probability of each suggestion, as train_suspicion.parquet has it for training rows.
+    # (blank for a training sample never trained on: the run drops each epoch's ragged batch)
+    assert table["suggested_probability"].dropna().between(0, 1).all()
+    assert table.loc[table["split"] == "probe", "suggested_probability"].notna().all()
+    stored = pd.read_parquet(tiny_run.file("train_suspicion.parquet")).set_index("id")["suggested_probability"]
+    train_part = table[table["split"] == "train"]
+    np.testing.assert_allclose(train_part["suggested_probability"], stored[train_part["id"]].to_numpy(), rtol=1e-6)
     flagged = table[(table["split"] == "train") & table["is_label_issue"]]
     assert len(flagged) > 0
 

@@ -22,7 +22,8 @@ def register(add) -> None:
     p.add_argument("--frames", action="store_true", help="also list single-frame Cleanlab at every snapshot")
     p.add_argument("--export", metavar="FILE.csv",
                    help="write one row per examined sample (split, id, given_label, suggested_label, suspicion, "
-                        "is_label_issue, fix: the recommended relabel or drop, dataset) for data.fixes in the next run")
+                        "is_label_issue, fix: the recommended relabel or drop, suggested_probability, dataset) for "
+                        "data.fixes in the next run")
 
 
 def cmd_quality(args) -> None:
@@ -82,7 +83,8 @@ def recommended_fix(manifest: dict) -> str | None:
     return manifest.get("stages", {}).get("detect", {}).get("train_fix")
 
 
-EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "fix", "dataset"]
+EXPORT_COLUMNS = ["split", "id", "given_label", "suggested_label", "suspicion", "is_label_issue", "fix",
+                  "suggested_probability", "dataset"]
 
 
 def export_table(run):
@@ -95,12 +97,14 @@ def export_table(run):
     on the flagged rows whose suggestion it is confident of and "drop" on the others; once it has
     learnt, "drop" on the flagged rows and on the unflagged rows next in line that a retrain is
     better without (:func:`ftviz.detectors.retrain_drop_count`); blank elsewhere. Edit it row by
-    row if you like.
+    row if you like. ``suggested_probability`` is the network's probability of the suggested
+    label (:func:`ftviz.detectors.suggestions`), what the recommendation weighed; blank for
+    training rows of runs detected before it was recorded.
     """
     import numpy as np
     import pandas as pd
 
-    from ftviz.detectors import learnt_from, load_logits, probe_is_trained_on, suggested_labels
+    from ftviz.detectors import learnt_from, load_logits, probe_is_trained_on, suggestions
     from ftviz.render.data import read_training_suspicion
 
     manifest = run.manifest()
@@ -111,13 +115,15 @@ def export_table(run):
     steps = run.snapshot_steps()
     history = load_logits(run, steps if probe_is_trained_on(manifest) else steps[-1:])
     start = learnt_from(logits=history, labels=labels) if len(history) > 1 else 0
+    suggested, probability = suggestions(logits=history, labels=labels,
+                                         flags=suspicion["is_label_issue"].to_numpy(bool), start=start)
     probe = pd.DataFrame({
         "split": "probe", "id": samples["id"].to_numpy(np.int64), "given_label": labels,
-        "suggested_label": suggested_labels(logits=history, labels=labels,
-                                            flags=suspicion["is_label_issue"].to_numpy(bool), start=start),
+        "suggested_label": suggested,
         "suspicion": suspicion["suspicion"].to_numpy(np.float64),
         "is_label_issue": suspicion["is_label_issue"].to_numpy(bool),
         "fix": "",  # data.fixes reads training rows only
+        "suggested_probability": probability,
     })
     parts = [probe]
     train = read_training_suspicion(run)
@@ -133,6 +139,9 @@ def export_table(run):
             "suspicion": train["suspicion"].to_numpy(np.float64),
             "is_label_issue": flagged,
             "fix": fix,
+            # runs detected before 2026-12-06 have no probability: blank
+            "suggested_probability": train["suggested_probability"].to_numpy(np.float64)
+            if "suggested_probability" in train else np.nan,
         }))
     table = pd.concat(parts, ignore_index=True)
     table["dataset"] = fingerprint
