@@ -78,8 +78,8 @@ def cmd_quality(args) -> None:
 
 def recommended_fix(manifest: dict) -> str | None:
     """The detect stage's fix for the flagged training labels ("mixed" | "drop"; "relabel" in
-    runs detected before 2026-12-06), None when
-    it recorded none (a run from before the recommendation, or without training dynamics)."""
+    runs detected before 2026-12-06), None when it recorded none (a run from before the
+    recommendation, or without training dynamics)."""
     return manifest.get("stages", {}).get("detect", {}).get("train_fix")
 
 

@@ -220,8 +220,8 @@ def training_meta(data: AnimationData) -> dict | None:
     sprite sheet info (set by :func:`training_sheet`; None without images), "top": one dict
     per card, most suspicious first: id, rank, suspicion, flagged, given, suggested (class
     labels; -1 where unknown), true (-1 where unknown), noisy (None where unknown),
-    issueStep (None if never), fix ("relabel", "drop" or "": what a retrain does with it)}. Labels travel as numbers: the page shows the class names as
-    text (``classNamesText``).
+    issueStep (None if never), fix ("relabel", "drop" or "": what a retrain does with it)}.
+    Labels travel as numbers: the page shows the class names as text (``classNamesText``).
     """
     training = data.training
     if training is None:
