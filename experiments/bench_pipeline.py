@@ -4,7 +4,8 @@ Both run as fresh processes (imports counted) on the same workload: digits as 32
 10% flipped labels, the same ViT and training recipe (the experiment's epochs, batch size,
 learning rate and warmup), a frame (the peer: a checkpoint) every ``snapshot_every`` steps, every
 image embedded at every frame. Before 2026-12-05 the peer trained its own defaults (3 epochs at
-batch 32, a checkpoint every 5 steps: the same number of frames, half the training). Prints a markdown table with seconds, disk written and ratios.
+batch 32, a checkpoint every 5 steps: the same number of frames, half the training). Prints a
+markdown table with seconds, disk written and ratios.
 
     python experiments/bench_pipeline.py [--skip-peer]
 """

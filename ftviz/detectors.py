@@ -651,6 +651,8 @@ FIX_BY_REGIME = {True: "mixed", False: "drop"}
 # them wrongly, against 103-107 wrong when every flagged row is relabelled.
 RELABEL_PROBABILITY = 0.5
 
+RETRAIN_FIXES = ("relabel", "drop")  # the values of a training row's ``fix`` (blank: keep it)
+
 
 def retrain_fixes(*, flagged: np.ndarray, dropped: np.ndarray, probability: np.ndarray, weak: bool) -> np.ndarray:
     """What a retrain does with each training row (:data:`FIX_BY_REGIME`), object (N,): "" (keep),
@@ -665,12 +667,13 @@ def retrain_fixes(*, flagged: np.ndarray, dropped: np.ndarray, probability: np.n
     ----------
     flagged, dropped : (N,) bool; probability : (N,) the suggestion's probability (:func:`suggestions`).
     """
+    relabel, drop = RETRAIN_FIXES
     fix = np.full(len(flagged), "", dtype=object)
     if weak:
-        fix[flagged] = "drop"
-        fix[flagged & (np.asarray(probability) >= RELABEL_PROBABILITY)] = "relabel"
+        fix[flagged] = drop
+        fix[flagged & (np.asarray(probability) >= RELABEL_PROBABILITY)] = relabel
     else:
-        fix[np.asarray(dropped, dtype=bool) | flagged] = "drop"
+        fix[np.asarray(dropped, dtype=bool) | flagged] = drop
     return fix
 
 

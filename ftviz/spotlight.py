@@ -170,7 +170,6 @@ def build_table(run: RunDir):
 
 
 SPLITS = ("probe", "train")
-FIXES = ("relabel", "drop")  # train_suspicion.parquet's fix values (blank: none)
 
 
 def training_rows(table):
@@ -222,8 +221,10 @@ def _training_columns(run: RunDir, training, category, *, noise: bool, width: in
     if "times_seen" in training:
         columns["times_seen"] = training["times_seen"].to_numpy(np.int64)
     if "fix" in training:  # what a retrain does with the row (the export's fix column); blank: nothing
+        from ftviz.detectors import RETRAIN_FIXES
+
         fixes = training["fix"].fillna("").astype(str).to_numpy()
-        columns["fix"] = pd.Categorical(np.where(fixes == "", None, fixes), categories=FIXES)
+        columns["fix"] = pd.Categorical(np.where(fixes == "", None, fixes), categories=RETRAIN_FIXES)
     # The features training recorded at each sample's last pass (the vector the head read, as
     # the probe's embedding is): in the embedding column, Spotlight's similarity map places the
     # training rows among the probe's. Empty where a sample has none or the widths differ.

@@ -52,10 +52,9 @@ def cmd_quality(args) -> None:
 
         print()
         fix = recommended_fix(run.manifest())
-        extra = int((train["fix"].fillna("").astype(str) != "").sum() - train["is_label_issue"].sum()) \
-            if "fix" in train else 0
+        fixes = train["fix"].fillna("").astype(str) if "fix" in train else pd.Series([], dtype=str)
+        extra = int((fixes != "").sum() - train["is_label_issue"].sum()) if len(fixes) else 0
         if fix == "mixed":  # per row: the confident suggestions taken, the rest dropped
-            fixes = train["fix"].fillna("").astype(str)
             relabel, drop = int((fixes == "relabel").sum()), int((fixes == "drop").sum())
             advice = (f"; recommended fix: relabel {relabel} (the network gives the suggested label at least "
                       f"{RELABEL_PROBABILITY:g}), drop {drop} (the network is still weak and unsure of them)")

@@ -246,7 +246,9 @@ def training_meta(data: AnimationData) -> dict | None:
 def _fix(value) -> str:
     """A ``fix`` cell of train_suspicion.parquet as the page shows it: "relabel", "drop" or ""
     (blank, missing in runs detected before the column, or anything else)."""
-    return value if value in ("relabel", "drop") else ""
+    from ftviz.detectors import RETRAIN_FIXES
+
+    return value if value in RETRAIN_FIXES else ""
 
 
 def training_sheet(data: AnimationData, options: dict) -> tuple[dict | None, str]:
