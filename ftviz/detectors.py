@@ -541,12 +541,6 @@ def suggestions(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, st
     return suggested.astype(np.int64), probs[np.arange(len(labels)), suggested]
 
 
-def suggested_labels(*, logits: np.ndarray, labels: np.ndarray, flags: np.ndarray, start: int = 0,
-                     shares: np.ndarray | None = None) -> np.ndarray:
-    """(N,) int64: the labels of :func:`suggestions`."""
-    return suggestions(logits=logits, labels=labels, flags=flags, start=start, shares=shares)[0]
-
-
 class MarginModes(NamedTuple):
     """What the area under the margin's mixtures say of a run (:func:`margin_modes`)."""
 
