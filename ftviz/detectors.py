@@ -834,6 +834,9 @@ def detect_training_run(run, section: DetectConfig) -> dict:
     write_parquet(run.file("train_suspicion.parquet"), table)
     record = {"train_flagged": int(columns["is_label_issue"].sum()), "train_samples": int(seen.sum()), "train_fix": fix,
               "train_fix_rows": int((columns["fix"] != "").sum())}
+    # What the regime (and so the fix) was read from, for `ftviz quality` to say why.
+    rise = last_pass_rise(logits=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen])
+    record["train_last_pass_rise"] = round(rise, 4) if np.isfinite(rise) else None
     noisy = samples["is_noisy"].to_numpy(bool)[seen] if "is_noisy" in samples else np.zeros(int(seen.sum()), bool)
     if noisy.any():
         detectors = detector_table(columns=columns, flags=flags, is_noisy=noisy, steps=np.arange(len(history)),

@@ -263,6 +263,11 @@ def test_quality_prints_the_training_set_and_its_recommended_fix(tiny_run, capsy
         assert f"{flagged}{fix} (" in out
     extra = int((table["fix"] != "").sum() - table["is_label_issue"].sum())
     assert (f"with the {extra} next in line" in out) == (fix == "drop" and extra > 0)
+    # Why: how much the last pass raised the training accuracy, the regime read from it.
+    rise = tiny_run.manifest()["stages"]["detect"]["train_last_pass_rise"]
+    assert (rise >= 0.01) == (fix == "mixed")
+    read = "still learning (weak)" if fix == "mixed" else "done learning"
+    assert f"(the last pass raised the training accuracy on the given labels by {100 * rise:.1f} points: {read}; " in out
 
 
 # ---- export and fix ------------------------------------------------------------------------------
@@ -650,3 +655,18 @@ def test_retrain_fixes_take_a_weak_networks_confident_suggestions_and_drop_the_r
         ["relabel", "relabel", "drop", "", ""]
     assert retrain_fixes(flagged=flagged, dropped=dropped, probability=probability, weak=False).tolist() == \
         ["drop", "drop", "drop", "drop", ""]
+
+
+def test_quality_says_why_the_network_read_as_weak_or_learnt_and_nothing_for_older_runs():
+    from ftviz.cli.quality import regime_reason
+
+    def entry(rise):
+        return {"stages": {"detect": {} if rise == "absent" else {"train_last_pass_rise": rise}}}
+
+    assert regime_reason(entry(0.031), "mixed").endswith("by 3.1 points: still learning (weak); 1 or more reads as "
+                                                         "still learning)")
+    assert "by 0.2 points: done learning" in regime_reason(entry(0.002), "drop")
+    assert regime_reason(entry("absent"), "drop") == ""  # detected before the rise was recorded
+    assert regime_reason(entry(None), "mixed") == ""  # one pass: no rise
+    assert regime_reason(entry(0.002), "mixed") == ""  # weak for another reason (too few margins)
+    assert regime_reason(entry(0.031), "relabel") == ""  # an older run's fix

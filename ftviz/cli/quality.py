@@ -64,6 +64,9 @@ def cmd_quality(args) -> None:
                               + (f", with the {extra} next in line" if extra > 0 else "")}.get(fix, "")
         print(f"training set (from the training dynamics): {int(train['is_label_issue'].sum())} of {len(train)} "
               f"samples flagged{advice}")
+        regime = regime_reason(run.manifest(), fix)
+        if regime:
+            print(regime)
         if train_detectors.is_file():
             table = pd.read_parquet(train_detectors)
             print(format_detectors(table if args.frames else table[table["detector"] != "cleanlab_frame"]))
@@ -73,6 +76,21 @@ def cmd_quality(args) -> None:
     if args.export:
         rows = export_fixes(run, args.export)
         print(f"\nwrote {rows} rows to {args.export} (use it with --set data.fixes={args.export})")
+
+
+def regime_reason(manifest: dict, fix: str | None) -> str:
+    """Why the detect stage read the network as weak or learnt: how much its last pass raised its
+    accuracy against the given labels (:func:`ftviz.detectors.margin_modes`); "" for runs
+    detected before it was recorded."""
+    from ftviz.detectors import STILL_LEARNING_RISE
+
+    rise = manifest.get("stages", {}).get("detect", {}).get("train_last_pass_rise")
+    weak = rise is not None and rise >= STILL_LEARNING_RISE
+    if rise is None or fix != ("mixed" if weak else "drop"):  # another reason (too few margins), or an older run
+        return ""
+    read = "still learning (weak)" if weak else "done learning"
+    return (f"(the last pass raised the training accuracy on the given labels by {100 * rise:.1f} points: "
+            f"{read}; {100 * STILL_LEARNING_RISE:g} or more reads as still learning)")
 
 
 def recommended_fix(manifest: dict) -> str | None:
