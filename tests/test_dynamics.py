@@ -264,10 +264,10 @@ def test_quality_prints_the_training_set_and_its_recommended_fix(tiny_run, capsy
     extra = int((table["fix"] != "").sum() - table["is_label_issue"].sum())
     assert (f"with the {extra} next in line" in out) == (fix == "drop" and extra > 0)
     # Why: how much the last pass raised the training accuracy, the regime read from it.
-    rise = tiny_run.manifest()["stages"]["detect"]["train_last_pass_rise"]
-    assert (rise >= 0.01) == (fix == "mixed")
+    rise = tiny_run.manifest()["stages"]["detect"]["train_accuracy_rise"]
+    assert (rise >= 0.02) == (fix == "mixed")
     read = "still learning (weak)" if fix == "mixed" else "done learning"
-    assert f"(the last pass raised the training accuracy on the given labels by {100 * rise:.1f} points: {read}; " in out
+    assert f"(its accuracy on the given training labels rose by {100 * rise:.1f} points per pass over the last two: {read}; " in out
 
 
 # ---- export and fix ------------------------------------------------------------------------------
@@ -603,7 +603,7 @@ def test_a_network_still_learning_reads_as_weak_though_its_lower_mode_outnumbers
     holds ~160 labels, more than the ~100 the network disagrees with, which the earlier test
     read as learnt; the accuracy still rises at the last pass, so the network is weak, and the
     count is not the mode. The same margins without the rise read as learnt."""
-    from ftviz.detectors import STILL_LEARNING_RISE, last_pass_rise, margin_modes, training_issue_count
+    from ftviz.detectors import STILL_LEARNING_RISE, accuracy_rise, margin_modes, training_issue_count
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 3, 400)
@@ -615,32 +615,33 @@ def test_a_network_still_learning_reads_as_weak_though_its_lower_mode_outnumbers
     disagreeing = int((rising.mean(axis=0) < 0).sum())
     modes = margin_modes(logits=_passes_with_margins(rising, labels), labels=labels, start=0)
     assert modes.lower > disagreeing and modes.weak is True
-    assert last_pass_rise(logits=_passes_with_margins(rising, labels), labels=labels) >= STILL_LEARNING_RISE
+    assert accuracy_rise(logits=_passes_with_margins(rising, labels), labels=labels) >= STILL_LEARNING_RISE
     assert training_issue_count(recommended=45, modes=modes) == 45
     assert margin_modes(logits=_passes_with_margins(flat, labels), labels=labels, start=0).weak is False
 
 
-def test_the_last_pass_rise_reads_the_samples_the_last_pass_reached():
-    """A run cut within an epoch forward-fills the samples its last pass did not reach: the rise
-    is measured on the reached ones; a last pass reaching under a tenth of them is passed over
-    for the one before; one pass has no rise."""
-    from ftviz.detectors import last_pass_rise
+def test_the_accuracy_rise_reads_the_samples_the_last_pass_reached():
+    """The rise per pass over the last two passes. A run cut within an epoch forward-fills the
+    samples its last pass did not reach: the rise is measured on the reached ones; a last pass
+    reaching under a tenth of them is passed over for the one before; two passes give the one
+    rise, one pass none."""
+    from ftviz.detectors import accuracy_rise
 
     labels = np.zeros(100, dtype=np.int64)
-    right = np.zeros((3, 100, 2))
+    right = np.zeros((4, 100, 2))
     right[:, :, 1] = 1.0  # every sample wrong ...
-    right[1, :60, :] = [1.0, 0.0]  # ... 60 right at the second pass
-    right[2, :60, :] = [1.0, 0.0]
-    right[2, 60:90, :] = [1.0, 0.0]  # the third pass reached samples 60-89 only, and fitted them
-    steps = np.tile(np.array([[0], [10], [20]]), (1, 100))
-    steps[2, 90:] = 10  # forward filled: not reached
-    steps[2, :60] = 10
-    assert last_pass_rise(logits=right, labels=labels, slot_steps=steps) == 1.0  # 30 of 30 reached
-    assert last_pass_rise(logits=right, labels=labels) == pytest.approx(0.3)  # diluted over all 100
-    steps[2, 60:95] = 10  # only samples 95-99 reached: the pass before is read instead
-    right[2, 95:, :] = [1.0, 0.0]
-    assert last_pass_rise(logits=right, labels=labels, slot_steps=steps) == pytest.approx(0.6)
-    assert np.isnan(last_pass_rise(logits=right[:1], labels=labels))
+    right[1, :40] = [1.0, 0.0]  # ... 40 right at the second pass, 60 at the third
+    right[2:, :60] = [1.0, 0.0]
+    right[3, 60:90] = [1.0, 0.0]  # the fourth pass reached samples 60-89 only, and fitted them
+    steps = np.tile(np.arange(4)[:, None] * 10, (1, 100))
+    steps[3, :60] = steps[3, 90:] = 20  # forward filled: not reached
+    assert accuracy_rise(logits=right, labels=labels, slot_steps=steps) == 0.5  # 0 -> 30 of 30 over two passes
+    assert accuracy_rise(logits=right, labels=labels) == pytest.approx(0.25)  # 0.4 -> 0.9, diluted
+    steps[3, 60:95] = 20  # only samples 95-99 reached: the pass before is read instead
+    right[3, 95:] = [1.0, 0.0]
+    assert accuracy_rise(logits=right, labels=labels, slot_steps=steps) == pytest.approx(0.3)  # 0 -> 0.6
+    assert accuracy_rise(logits=right[:2], labels=labels) == pytest.approx(0.4)
+    assert np.isnan(accuracy_rise(logits=right[:1], labels=labels))
 
 
 def test_retrain_fixes_take_a_weak_networks_confident_suggestions_and_drop_the_rest():
@@ -661,12 +662,12 @@ def test_quality_says_why_the_network_read_as_weak_or_learnt_and_nothing_for_old
     from ftviz.cli.quality import regime_reason
 
     def entry(rise):
-        return {"stages": {"detect": {} if rise == "absent" else {"train_last_pass_rise": rise}}}
+        return {"stages": {"detect": {} if rise == "absent" else {"train_accuracy_rise": rise}}}
 
-    assert regime_reason(entry(0.031), "mixed").endswith("by 3.1 points: still learning (weak); 1 or more reads as "
-                                                         "still learning)")
-    assert "by 0.2 points: done learning" in regime_reason(entry(0.002), "drop")
+    assert regime_reason(entry(0.031), "mixed").endswith("by 3.1 points per pass over the last two: still learning "
+                                                         "(weak); 2 or more reads as still learning)")
+    assert "by 0.2 points per pass over the last two: done learning" in regime_reason(entry(0.002), "drop")
     assert regime_reason(entry("absent"), "drop") == ""  # detected before the rise was recorded
     assert regime_reason(entry(None), "mixed") == ""  # one pass: no rise
-    assert regime_reason(entry(0.002), "mixed") == ""  # weak for another reason (too few margins)
+    assert regime_reason(entry(0.012), "mixed") == ""  # weak for another reason (too few margins)
     assert regime_reason(entry(0.031), "relabel") == ""  # an older run's fix

@@ -79,18 +79,18 @@ def cmd_quality(args) -> None:
 
 
 def regime_reason(manifest: dict, fix: str | None) -> str:
-    """Why the detect stage read the network as weak or learnt: how much its last pass raised its
-    accuracy against the given labels (:func:`ftviz.detectors.margin_modes`); "" for runs
+    """Why the detect stage read the network as weak or learnt: how much its accuracy against the
+    given labels still rose per pass (:func:`ftviz.detectors.accuracy_rise`); "" for runs
     detected before it was recorded."""
     from ftviz.detectors import STILL_LEARNING_RISE
 
-    rise = manifest.get("stages", {}).get("detect", {}).get("train_last_pass_rise")
+    rise = manifest.get("stages", {}).get("detect", {}).get("train_accuracy_rise")
     weak = rise is not None and rise >= STILL_LEARNING_RISE
     if rise is None or fix != ("mixed" if weak else "drop"):  # another reason (too few margins), or an older run
         return ""
     read = "still learning (weak)" if weak else "done learning"
-    return (f"(the last pass raised the training accuracy on the given labels by {100 * rise:.1f} points: "
-            f"{read}; {100 * STILL_LEARNING_RISE:g} or more reads as still learning)")
+    return (f"(its accuracy on the given training labels rose by {100 * rise:.1f} points per pass over the last "
+            f"two: {read}; {100 * STILL_LEARNING_RISE:g} or more reads as still learning)")
 
 
 def recommended_fix(manifest: dict) -> str | None:
