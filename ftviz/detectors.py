@@ -678,6 +678,8 @@ def retrain_drop_count(*, recommended: int, modes: MarginModes | None, flagged: 
 # (2026-12-06): at 6 epochs (weak) mixed 0.35 / 0.31 / 0.40 / 0.63 (mean 0.42) against relabel
 # 0.38 / 0.26 / 0.21 / 0.47 (0.33) and drop 0.28 / 0.27 / 0.48 / 0.40 (0.36); at 20 epochs
 # (learnt) drop 0.68 / 0.82 / 0.83 / 0.80 (0.78) against mixed 0.76 / 0.74 / 0.63 / 0.88 (0.75).
+# With 10% asymmetric flips at 6 epochs (weak): mixed 0.54 / 0.17 / 0.80 / 0.54 (0.51) against drop
+# 0.29 and relabel 0.23 on average.
 # A weak network's confident suggestions are mostly right, its unsure ones as often wrong as
 # right; a learnt network's suggestions are right for 95-97% of the flagged flips, but every
 # clean label it flags would be relabelled wrong, and relabelling the confident ones only
