@@ -547,6 +547,14 @@ class MarginModes(NamedTuple):
     lower: int  # samples in the lower of two modes
     weak: bool  # its accuracy on the given labels still rises: not learnt yet
     lowest: int  # samples in the lowest of three modes
+    rise: float  # what ``weak`` was read from (:func:`accuracy_rise`; NaN with one pass)
+
+
+class TrainingRegime(NamedTuple):
+    """What :func:`detect_training_set` read of the network that trained on the set."""
+
+    fix: str  # the fix recommended for the flagged labels: "mixed" while weak, else "drop" (FIX_BY_REGIME)
+    accuracy_rise: float  # per pass over the last two (:func:`accuracy_rise`); NaN: not read
 
 
 # A network whose accuracy against the given labels still rose by this much per pass over its
@@ -628,7 +636,7 @@ def margin_modes(*, logits: np.ndarray, labels: np.ndarray, start: int,
         return None
     rise = accuracy_rise(logits=logits, labels=labels, slot_steps=slot_steps)
     weak = not rise < STILL_LEARNING_RISE  # NaN (one pass): weak
-    return MarginModes(lower=_lower_mode_size(aum, 2), weak=weak, lowest=_lower_mode_size(aum, 3))
+    return MarginModes(lower=_lower_mode_size(aum, 2), weak=weak, lowest=_lower_mode_size(aum, 3), rise=rise)
 
 
 def training_issue_count(*, recommended: int, modes: MarginModes | None) -> int:
@@ -745,8 +753,9 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
         none), plus ``suggested_label``, ``suggested_probability`` (:func:`suggestions`) and
         ``fix`` (object: what a retrain does with the row, "relabel", "drop" or "",
         :func:`retrain_fixes`); flags : {detector: (N,) bool or None}; frame_quality,
-        frame_flags : (K, N) Cleanlab at every slot; fix : the fix recommended for the flagged
-        labels, "mixed" while the network is weak, else "drop" (:data:`FIX_BY_REGIME`).
+        frame_flags : (K, N) Cleanlab at every slot; regime : :class:`TrainingRegime`, the fix
+        recommended for the flagged labels ("mixed" while the network is weak, else "drop",
+        :data:`FIX_BY_REGIME`) and the accuracy rise it was read from.
     """
     history, labels = _check(history, labels)
     slots = len(history)
@@ -797,7 +806,8 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
         recommended=int(recommended.sum()), modes=modes, flagged=int(is_issue.sum())))
     columns["fix"] = retrain_fixes(flagged=is_issue, dropped=dropped, probability=columns["suggested_probability"],
                                    weak=weak)
-    return columns, flags, quality, frame_flags, FIX_BY_REGIME[weak]
+    rise = float("nan") if modes is None else modes.rise
+    return columns, flags, quality, frame_flags, TrainingRegime(fix=FIX_BY_REGIME[weak], accuracy_rise=rise)
 
 
 def detect_training_run(run, section: DetectConfig) -> dict:
@@ -827,7 +837,7 @@ def detect_training_run(run, section: DetectConfig) -> dict:
         features = features[seen]
         if not np.isfinite(features).all():  # some samples without features, or a diverged training
             features = None
-    columns, flags, quality, frame_flags, fix = detect_training_set(
+    columns, flags, quality, frame_flags, regime = detect_training_set(
         history=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen], features=features,
         knn=section.knn, learnt_fraction=section.learnt_fraction, min_flagged=section.min_flagged)
     table = pd.DataFrame({"id": sample_ids})
@@ -840,11 +850,10 @@ def detect_training_run(run, section: DetectConfig) -> dict:
     table["issue_step"] = table["issue_step"].where(table["issue_step"] >= 0).astype("Int64")
     table["outlier_rank"] = table["outlier_rank"].where(table["outlier_rank"] >= 0).astype("Int64")
     write_parquet(run.file("train_suspicion.parquet"), table)
-    record = {"train_flagged": int(columns["is_label_issue"].sum()), "train_samples": int(seen.sum()), "train_fix": fix,
-              "train_fix_rows": int((columns["fix"] != "").sum())}
-    # What the regime (and so the fix) was read from, for `ftviz quality` to say why.
-    rise = accuracy_rise(logits=history[:, seen], labels=labels[seen], slot_steps=slot_steps[:, seen])
-    record["train_accuracy_rise"] = round(rise, 4) if np.isfinite(rise) else None
+    rise = regime.accuracy_rise  # what the fix was read from, for `ftviz quality` to say why
+    record = {"train_flagged": int(columns["is_label_issue"].sum()), "train_samples": int(seen.sum()),
+              "train_fix": regime.fix, "train_fix_rows": int((columns["fix"] != "").sum()),
+              "train_accuracy_rise": round(rise, 4) if np.isfinite(rise) else None}
     noisy = samples["is_noisy"].to_numpy(bool)[seen] if "is_noisy" in samples else np.zeros(int(seen.sum()), bool)
     if noisy.any():
         detectors = detector_table(columns=columns, flags=flags, is_noisy=noisy, steps=np.arange(len(history)),

@@ -217,8 +217,10 @@ def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
     noisy = np.zeros(n, bool)
     noisy[flipped] = True
     alone, *_ = detect_training_set(history=history, labels=given, slot_steps=slot_steps)
-    voted, flags, *_, fix = detect_training_set(history=history, labels=given, slot_steps=slot_steps, features=features)
-    assert fix == "mixed"  # a weak network: its confident suggestions are taken, the rest dropped
+    voted, flags, *_, regime = detect_training_set(history=history, labels=given, slot_steps=slot_steps,
+                                                   features=features)
+    assert regime.fix == "mixed"  # a weak network: its confident suggestions are taken, the rest dropped
+    assert regime.accuracy_rise >= 0.02  # read from its accuracy, still rising
     flagged = voted["is_label_issue"]
     confident = voted["suggested_probability"] >= 0.5
     assert (voted["fix"][flagged & confident] == "relabel").all() and (voted["fix"][flagged & ~confident] == "drop").all()
@@ -575,7 +577,7 @@ def test_a_retrain_drops_the_lower_of_two_modes_once_the_network_has_learnt():
     modes = _learnt_with_late_labels()
     assert retrain_drop_count(recommended=10, modes=modes, flagged=modes.lowest) == modes.lower >= 100
     assert retrain_drop_count(recommended=150, modes=modes, flagged=40) == 150
-    weak = MarginModes(lower=120, weak=True, lowest=40)
+    weak = MarginModes(lower=120, weak=True, lowest=40, rise=0.05)
     assert retrain_drop_count(recommended=150, modes=weak, flagged=40) == 40
     assert retrain_drop_count(recommended=150, modes=None, flagged=40) == 40
 
