@@ -169,6 +169,8 @@ def bench(args) -> None:
     samples = pd.read_parquet(noisy_run.file("train_samples.parquet")).sort_values("id")
     noisy = samples["is_noisy"].to_numpy(bool)
     found = detection(train_table["suspicion"], train_table["is_label_issue"].to_numpy(bool), noisy)
+    detect = noisy_run.manifest()["stages"]["detect"]  # the regime the fix was read from
+    regime = f"{detect.get('train_fix')}, accuracy rise {detect.get('train_accuracy_rise')} per pass"
 
     t = time.perf_counter()
     arm("(b) oracle (true labels)", trained("oracle", noise=0.0)[1], 1, time.perf_counter() - t)
@@ -222,7 +224,7 @@ def bench(args) -> None:
           f"{trainings} ({time.perf_counter() - started:.0f} s in all)\n")
     print(as_markdown(table))
     print("\ntraining-set detection against the injected flips\n")
-    methods = [{"method": "ftviz (training dynamics of (a))", **found}]
+    methods = [{"method": f"ftviz (training dynamics of (a); {regime})", **found}]
     if peer is not None:
         methods.append({"method": "Cleanlab (K=5 cross-validated pred_probs)", **peer})
     print(as_markdown(pd.DataFrame(methods).round(4)))
