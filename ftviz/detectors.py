@@ -620,7 +620,7 @@ def margin_modes(*, logits: np.ndarray, labels: np.ndarray, start: int,
     learnt it has stopped rising, whether or not it memorises the wrong labels.
     The earlier test (the passes' mean prediction disagrees with more labels than ``lower``
     holds) read 6-epoch runs with asymmetric flips as learnt: such flips widen the lower mode
-    (253-312 samples for 144 flips at 10%, against 230-261 disagreements), and the learnt
+    (five runs: 253-312 samples for 144 flips at 10%, against 230-261 disagreements), and the learnt
     regime's count then flagged 194-203 (F1 0.70-0.79) and its retrain dropped 253-312 rows.
     ``lowest``: the size of the lowest of three modes (easy, hard but correct, wrong labels),
     which a network that has learnt its data separates (:func:`training_issue_count`).
