@@ -545,9 +545,13 @@ class MarginModes(NamedTuple):
     """What the area under the margin's mixtures say of a run (:func:`margin_modes`)."""
 
     lower: int  # samples in the lower of two modes
-    weak: bool  # its accuracy on the given labels still rises: not learnt yet
     lowest: int  # samples in the lowest of three modes
-    rise: float  # what ``weak`` was read from (:func:`accuracy_rise`; NaN with one pass)
+    rise: float  # :func:`accuracy_rise` (NaN with one pass)
+
+    @property
+    def weak(self) -> bool:
+        """Its accuracy on the given labels still rises (NaN, one pass: weak): not learnt yet."""
+        return not self.rise < STILL_LEARNING_RISE
 
 
 class TrainingRegime(NamedTuple):
@@ -635,8 +639,7 @@ def margin_modes(*, logits: np.ndarray, labels: np.ndarray, start: int,
     if len(aum) < 10 or not np.ptp(aum) > 0:
         return None
     rise = accuracy_rise(logits=logits, labels=labels, slot_steps=slot_steps)
-    weak = not rise < STILL_LEARNING_RISE  # NaN (one pass): weak
-    return MarginModes(lower=_lower_mode_size(aum, 2), weak=weak, lowest=_lower_mode_size(aum, 3), rise=rise)
+    return MarginModes(lower=_lower_mode_size(aum, 2), lowest=_lower_mode_size(aum, 3), rise=rise)
 
 
 def training_issue_count(*, recommended: int, modes: MarginModes | None) -> int:

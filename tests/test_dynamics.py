@@ -577,7 +577,7 @@ def test_a_retrain_drops_the_lower_of_two_modes_once_the_network_has_learnt():
     modes = _learnt_with_late_labels()
     assert retrain_drop_count(recommended=10, modes=modes, flagged=modes.lowest) == modes.lower >= 100
     assert retrain_drop_count(recommended=150, modes=modes, flagged=40) == 150
-    weak = MarginModes(lower=120, weak=True, lowest=40, rise=0.05)
+    weak = MarginModes(lower=120, lowest=40, rise=0.05)
     assert retrain_drop_count(recommended=150, modes=weak, flagged=40) == 40
     assert retrain_drop_count(recommended=150, modes=None, flagged=40) == 40
 
