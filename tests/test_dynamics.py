@@ -222,6 +222,8 @@ def test_training_set_features_give_the_knn_vote_and_the_outlier_score():
     assert regime.fix == "mixed"  # a weak network: its confident suggestions are taken, the rest dropped
     assert regime.accuracy_rise >= 0.02  # read from its accuracy, still rising
     flagged = voted["is_label_issue"]
+    # A weak network flags no more than Cleanlab's find_label_issues on the mixed probabilities.
+    assert 0 < flagged.sum() <= flags["label_quality_knn"].sum()
     confident = voted["suggested_probability"] >= 0.5
     assert (voted["fix"][flagged & confident] == "relabel").all() and (voted["fix"][flagged & ~confident] == "drop").all()
     assert (voted["fix"][~flagged] == "").all() and (flagged & confident).any()
@@ -541,6 +543,8 @@ def test_training_issue_count_trusts_the_margin_mode_once_the_network_has_learnt
     assert 36 <= training_issue_count(recommended=10, modes=modes) <= 44
     assert training_issue_count(recommended=60, modes=modes) == 60
     assert training_issue_count(recommended=60, modes=None) == 60
+    # Cleanlab's flags on the mixed probabilities bound a weak network's count only.
+    assert training_issue_count(recommended=60, modes=modes, mixed_flagged=20) == 60
 
 
 def _learnt_with_late_labels():
@@ -597,6 +601,9 @@ def test_training_issue_count_takes_the_smaller_count_for_a_weak_network():
     assert modes.weak is True
     assert 36 <= training_issue_count(recommended=10_000, modes=modes) <= 44
     assert training_issue_count(recommended=30, modes=modes) == 30
+    # Cleanlab's flags on the same mixed probabilities, where they are fewer, are the count.
+    assert training_issue_count(recommended=10_000, modes=modes, mixed_flagged=25) == 25
+    assert training_issue_count(recommended=30, modes=modes, mixed_flagged=35) == 30
 
 
 def test_a_network_still_learning_reads_as_weak_though_its_lower_mode_outnumbers_its_disagreement():
