@@ -696,11 +696,11 @@ def retrain_drop_count(*, recommended: int, modes: MarginModes | None, flagged: 
 # (:func:`margin_modes`): "mixed" while it is weak (:func:`retrain_fixes`), "drop" once it has
 # learnt its data. Digits, 20% symmetric flips, retraining on the fixed labels, each arm the mean
 # of 3 trainings, share of the noisy-to-oracle gap closed on seeds 0-3, the default recipe
-# (2026-12-06): at 6 epochs (weak) mixed 0.35 / 0.31 / 0.40 / 0.63 (mean 0.42) against relabel
-# 0.38 / 0.26 / 0.21 / 0.47 (0.33) and drop 0.28 / 0.27 / 0.48 / 0.40 (0.36); at 20 epochs
+# (2026-12-06): at 6 epochs (weak) mixed 0.59 / 0.46 / 0.31 / 0.63 (mean 0.50) against relabel
+# 0.41 / 0.35 / 0.36 / 0.57 (0.42) and drop 0.38 / 0.42 / 0.25 / 0.36 (0.35); at 20 epochs
 # (learnt) drop 0.68 / 0.82 / 0.83 / 0.80 (0.78) against mixed 0.76 / 0.74 / 0.63 / 0.88 (0.75).
-# With 10% asymmetric flips at 6 epochs (weak): mixed 0.54 / 0.17 / 0.80 / 0.54 (0.51) against drop
-# 0.29 and relabel 0.23 on average.
+# With 10% asymmetric flips at 6 epochs (weak): mixed 0.70 / 0.21 / 0.80 / 0.40 (0.53) against drop
+# 0.29 and relabel 0.23 on average (those two with the flags before the count's third bound).
 # A weak network's confident suggestions are mostly right, its unsure ones as often wrong as
 # right; a learnt network's suggestions are right for 95-97% of the flagged flips, but every
 # clean label it flags would be relabelled wrong, and relabelling the confident ones only
@@ -709,8 +709,8 @@ FIX_BY_REGIME = {True: "mixed", False: "drop"}
 
 # A weak network's suggestion is taken (the row relabelled) from this probability on: half of
 # the mean softmax (with the neighbours' vote), so the suggested class beats all others together.
-# Digits, 6 epochs, 20% flips, four runs: 164-195 of 326-362 flagged rows relabelled, 24-26 of
-# them wrongly, against 103-107 wrong when every flagged row is relabelled.
+# Digits, 6 epochs, 20% flips, four runs (2026-12-06): 231-274 of 314-341 flagged rows relabelled,
+# 46-50 of them wrongly, against 70-114 wrong when every flagged row is relabelled.
 RELABEL_PROBABILITY = 0.5
 
 RETRAIN_FIXES = ("relabel", "drop")  # the values of a training row's ``fix`` (blank: keep it)
