@@ -672,7 +672,8 @@ def training_issue_count(*, recommended: int, modes: MarginModes | None, mixed_f
     if modes is None:
         return int(recommended)
     if modes.weak:
-        return min(int(recommended), modes.lower, *([] if mixed_flagged is None else [int(mixed_flagged)]))
+        counts = [int(recommended), modes.lower] + ([] if mixed_flagged is None else [int(mixed_flagged)])
+        return min(counts)
     return max(int(recommended), modes.lowest)
 
 
