@@ -551,14 +551,29 @@ class MarginModes(NamedTuple):
     @property
     def weak(self) -> bool:
         """Its accuracy on the given labels still rises (NaN, one pass: weak): not learnt yet."""
-        return not self.rise < STILL_LEARNING_RISE
+        return still_learning(self.rise)
 
 
 class TrainingRegime(NamedTuple):
     """What :func:`detect_training_set` read of the network that trained on the set."""
 
-    fix: str  # the fix recommended for the flagged labels: "mixed" while weak, else "drop" (FIX_BY_REGIME)
     accuracy_rise: float  # per pass over the last two (:func:`accuracy_rise`); NaN: not read
+
+    @property
+    def weak(self) -> bool:
+        """Still learning, or no regime read (too few margins): treated as weak."""
+        return still_learning(self.accuracy_rise)
+
+    @property
+    def fix(self) -> str:
+        """The fix recommended for the flagged labels: "mixed" while weak, else "drop" (:data:`FIX_BY_REGIME`)."""
+        return FIX_BY_REGIME[self.weak]
+
+
+def still_learning(rise: float) -> bool:
+    """Whether an accuracy rise per pass (:func:`accuracy_rise`) reads as a network still learning
+    its training set: :data:`STILL_LEARNING_RISE` or more, or NaN (one pass, or not read)."""
+    return not rise < STILL_LEARNING_RISE
 
 
 # A network whose accuracy against the given labels still rose by this much per pass over its
@@ -780,6 +795,7 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
     start = learnt_from(logits=history, labels=labels, fraction=learnt_fraction)
     slot_steps = np.asarray(slot_steps)
     modes = margin_modes(logits=history, labels=labels, start=start, slot_steps=slot_steps)
+    regime = TrainingRegime(accuracy_rise=float("nan") if modes is None else modes.rise)
     k = min(int(knn), len(labels) - 1)
     neighbours, outlier = None, np.zeros(len(labels))
     if features is not None and k >= 1:
@@ -816,13 +832,12 @@ def detect_training_set(*, history: np.ndarray, labels: np.ndarray, slot_steps: 
         embedding=None, labels=labels, num_classes=history.shape[2], k=k, neighbours=vote)
     columns["suggested_label"], columns["suggested_probability"] = suggestions(
         logits=history, labels=labels, flags=columns["is_label_issue"], start=start, shares=shares)
-    weak = modes is None or modes.weak  # too few margins to read a regime: as a weak network
+    weak = regime.weak  # too few margins to read a regime: as a weak network
     dropped = is_issue if weak else top_count(columns["suspicion"], retrain_drop_count(
         recommended=int(recommended.sum()), modes=modes, flagged=int(is_issue.sum())))
     columns["fix"] = retrain_fixes(flagged=is_issue, dropped=dropped, probability=columns["suggested_probability"],
                                    weak=weak)
-    rise = float("nan") if modes is None else modes.rise
-    return columns, flags, quality, frame_flags, TrainingRegime(fix=FIX_BY_REGIME[weak], accuracy_rise=rise)
+    return columns, flags, quality, frame_flags, regime
 
 
 def detect_training_run(run, section: DetectConfig) -> dict:

@@ -82,13 +82,13 @@ def regime_reason(manifest: dict, fix: str | None) -> str:
     """Why the detect stage read the network as weak or learnt: how much its accuracy against the
     given labels still rose per pass (:func:`ftviz.detectors.accuracy_rise`); "" for runs
     detected before it was recorded."""
-    from ftviz.detectors import STILL_LEARNING_RISE
+    from ftviz.detectors import STILL_LEARNING_RISE, TrainingRegime
 
     rise = manifest.get("stages", {}).get("detect", {}).get("train_accuracy_rise")
-    weak = rise is not None and rise >= STILL_LEARNING_RISE
-    if rise is None or fix != ("mixed" if weak else "drop"):  # another reason (too few margins), or an older run
+    regime = None if rise is None else TrainingRegime(accuracy_rise=rise)
+    if regime is None or fix != regime.fix:  # an older run, or another reason (too few margins)
         return ""
-    read = "still learning (weak)" if weak else "done learning"
+    read = "still learning (weak)" if regime.weak else "done learning"
     return (f"(its accuracy on the given training labels rose by {100 * rise:.1f} points per pass over the last "
             f"two: {read}; {100 * STILL_LEARNING_RISE:g} or more reads as still learning)")
 
